@@ -1,0 +1,54 @@
+//! A small command-line parser: `--name value` options and positional arguments.
+
+/// A usage error, shown with the usage text.
+pub struct Usage(pub String);
+
+/// Options and positional arguments of one command.
+pub struct Parsed {
+    options: Vec<(String, String)>,
+    /// Arguments that are not options, in order.
+    pub positional: Vec<String>,
+}
+
+impl Parsed {
+    /// Splits `argv`, accepting only the option names in `known` (each takes a value).
+    pub fn new(argv: &[String], known: &[&str]) -> Result<Parsed, Usage> {
+        let mut options = Vec::new();
+        let mut positional = Vec::new();
+        let mut rest = argv.iter();
+        while let Some(arg) = rest.next() {
+            if arg == "--" {
+                positional.extend(rest.by_ref().cloned());
+            } else if let Some(name) = arg.strip_prefix("--") {
+                let (name, value) = match name.split_once('=') {
+                    Some((name, value)) => (name, value.to_string()),
+                    None => {
+                        let value = rest
+                            .next()
+                            .ok_or_else(|| Usage(format!("--{name} needs a value")))?;
+                        (name, value.clone())
+                    }
+                };
+                if !known.contains(&name) {
+                    return Err(Usage(format!("unknown option --{name}")));
+                }
+                options.push((name.to_string(), value));
+            } else {
+                positional.push(arg.clone());
+            }
+        }
+        Ok(Parsed {
+            options,
+            positional,
+        })
+    }
+
+    /// The last value given for `name`.
+    pub fn get(&self, name: &str) -> Option<&str> {
+        self.options
+            .iter()
+            .rev()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    }
+}

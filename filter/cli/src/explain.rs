@@ -1,0 +1,96 @@
+//! `blobsteer explain`: what the filter does with a request, from the filter's own decision code.
+
+use crate::args::{Parsed, Usage};
+use blobsteer_core::client_ip::ClientIpSource;
+use blobsteer_core::{ClientMatch, Config, Decision, Request, RequestStep};
+use serde_json::{json, Value};
+use std::io::BufRead;
+use std::process::ExitCode;
+
+/// A blob path used when `--path` is not given.
+const SAMPLE_BLOB_PATH: &str =
+    "/v2/library/sample/blobs/sha256:0000000000000000000000000000000000000000000000000000000000000000";
+
+/// Runs the command.
+pub fn run(argv: &[String]) -> Result<ExitCode, Usage> {
+    let args = Parsed::new(argv, &["config", "method", "path", "source"])?;
+    let config_path = args
+        .get("config")
+        .ok_or_else(|| Usage("explain needs --config CONFIG".into()))?;
+    let config = match crate::load_config(config_path) {
+        Ok(config) => config,
+        Err(code) => return Ok(code),
+    };
+    let method = args.get("method").unwrap_or("GET");
+    let path = args.get("path").unwrap_or(SAMPLE_BLOB_PATH);
+    let source = args.get("source");
+    let explain = |xff: Option<&str>| {
+        let lines: Vec<&str> = xff.into_iter().collect();
+        let request = Request {
+            method,
+            path,
+            forwarded_for: &lines,
+            source_address: source,
+        };
+        println!("{}", describe(&config, &request, xff));
+    };
+    if args.positional.is_empty() {
+        explain(None);
+    } else if args.positional == ["-"] {
+        for line in std::io::stdin().lock().lines() {
+            match line {
+                Ok(line) => explain(Some(&line)),
+                Err(e) => {
+                    eprintln!("blobsteer: reading stdin: {e}");
+                    return Ok(ExitCode::FAILURE);
+                }
+            }
+        }
+    } else {
+        for xff in &args.positional {
+            explain(Some(xff));
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// One JSON object: the client as the filter sees it, and what the filter does.
+fn describe(config: &Config, request: &Request<'_>, xff: Option<&str>) -> Value {
+    let Decision { client, step } = config.decide_request(request);
+    // The decision only looks at the client for blob downloads; show it for every request anyway.
+    let client = client
+        .unwrap_or_else(|| config.classify_client(request.forwarded_for, request.source_address));
+    let (action, status, location) = match step {
+        RequestStep::Respond(redirect) => {
+            ("redirected", Some(redirect.status), Some(redirect.location))
+        }
+        RequestStep::Forward(plan) => (
+            "verify_upstream",
+            Some(plan.redirect_status),
+            Some(plan.location),
+        ),
+        RequestStep::Pass(action) => (action.as_str(), None, None),
+    };
+    let source = match client {
+        ClientMatch::Unmapped { source, .. }
+        | ClientMatch::NonRoutable { source, .. }
+        | ClientMatch::Backend { source, .. } => Some(match source {
+            ClientIpSource::ForwardedFor => "x-forwarded-for",
+            ClientIpSource::SourceAddress => "source.address",
+        }),
+        ClientMatch::NoClientIp => None,
+    };
+    json!({
+        "xff": xff,
+        "method": request.method,
+        "path": request.path,
+        "client_ip": client.ip().map(|ip| ip.to_string()),
+        "client_ip_source": source,
+        "backend": client.backend().and_then(|b| config.backends().get(b)).map(|b| b.name.as_str()),
+        "prefix": client.prefix().map(|p| p.to_string()),
+        "non_routable": matches!(client, ClientMatch::NonRoutable { .. }),
+        "action": action,
+        "status": status,
+        "location": location,
+    })
+}

@@ -1,0 +1,67 @@
+//! `blobsteer`: check a filter configuration and explain its decisions, with the filter's own code.
+
+mod args;
+mod explain;
+
+use blobsteer_core::Config;
+use std::process::ExitCode;
+
+const USAGE: &str = "\
+usage:
+  blobsteer check CONFIG
+      validate a filter configuration; prints a summary, or every error with its field
+  blobsteer explain --config CONFIG [--method M] [--path P] [--source ADDR] [XFF... | -]
+      print, one JSON object per x-forwarded-for value, what the filter does with the request
+      (XFF '-' reads one value per line from stdin; no XFF means the header is absent)
+";
+
+fn main() -> ExitCode {
+    let argv: Vec<String> = std::env::args().skip(1).collect();
+    let result = match argv.first().map(String::as_str) {
+        Some("check") => check(argv.get(1..).unwrap_or_default()),
+        Some("explain") => explain::run(argv.get(1..).unwrap_or_default()),
+        Some("-h" | "--help" | "help") => {
+            print!("{USAGE}");
+            Ok(ExitCode::SUCCESS)
+        }
+        Some("-V" | "--version") => {
+            println!("blobsteer {}", env!("CARGO_PKG_VERSION"));
+            Ok(ExitCode::SUCCESS)
+        }
+        _ => Err(args::Usage("expected a command: check or explain".into())),
+    };
+    match result {
+        Ok(code) => code,
+        Err(args::Usage(message)) => {
+            eprintln!("blobsteer: {message}\n{USAGE}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+/// Reads and validates a configuration file, printing every error with its field.
+pub(crate) fn load_config(path: &str) -> Result<Config, ExitCode> {
+    let bytes = std::fs::read(path).map_err(|e| {
+        eprintln!("blobsteer: cannot read {path}: {e}");
+        ExitCode::FAILURE
+    })?;
+    Config::from_json(&bytes).map_err(|errors| {
+        for error in &errors.0 {
+            eprintln!("{path}: {error}");
+        }
+        ExitCode::FAILURE
+    })
+}
+
+fn check(argv: &[String]) -> Result<ExitCode, args::Usage> {
+    let [path] = argv else {
+        return Err(args::Usage("check takes exactly one CONFIG".into()));
+    };
+    Ok(match load_config(path) {
+        Ok(config) => {
+            println!("{path}: ok: {}", config.summary());
+            ExitCode::SUCCESS
+        }
+        Err(code) => code,
+    })
+}

@@ -1,0 +1,182 @@
+//! The `blobsteer` command, run as a user runs it.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
+
+use serde_json::Value;
+use std::io::Write;
+use std::process::{Command, Output, Stdio};
+
+const BLOB: &str =
+    "/v2/demo/hello/blobs/sha256:5d41402abc4b2a76b9719d911017c592b1b5f2c3d4e5f60718293a4b5c6d7e8f";
+
+fn testdata(name: &str) -> String {
+    format!(
+        "{}/../../testdata/config/{name}",
+        env!("CARGO_MANIFEST_DIR")
+    )
+}
+
+fn blobsteer(args: &[&str], stdin: Option<&str>) -> Output {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_blobsteer"))
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut pipe = child.stdin.take().unwrap();
+    pipe.write_all(stdin.unwrap_or_default().as_bytes())
+        .unwrap();
+    drop(pipe);
+    child.wait_with_output().unwrap()
+}
+
+fn lines(output: &Output) -> Vec<Value> {
+    String::from_utf8(output.stdout.clone())
+        .unwrap()
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap())
+        .collect()
+}
+
+#[test]
+fn check_summarises_a_good_config() {
+    let out = blobsteer(&["check", &testdata("three-backends.json")], None);
+    assert!(out.status.success());
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        stdout.ends_with(
+            "ok: 3 backends, 6 prefixes (4 IPv4, 2 IPv6), 1 non-routable, blob mode redirect\n"
+        ),
+        "{stdout}"
+    );
+}
+
+#[test]
+fn check_lists_every_error_with_its_field() {
+    let out = blobsteer(&["check", &testdata("bad-values.json")], None);
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    for want in [
+        r#"backends[0].blob_url: "https://eu.example/containers/images/{encoded}" must contain {digest}"#,
+        r#"backends[0].cidrs[1]: "15.236.0.0/33" is not a CIDR prefix"#,
+        r#"backends[1].blob_url: "gopher://us.example/{digest}" must start with http:// or https://"#,
+        "backends[1].cidrs[0]: 15.236.0.0/15 is already listed at backends[0].cidrs[0] (eu)",
+    ] {
+        assert!(stderr.contains(want), "missing {want:?} in:\n{stderr}");
+    }
+    let typo = blobsteer(&["check", &testdata("bad-typo.json")], None);
+    assert_eq!(typo.status.code(), Some(1));
+    assert!(String::from_utf8(typo.stderr)
+        .unwrap()
+        .contains("unknown field `blob_urls`"));
+}
+
+#[test]
+fn explain_prints_one_object_per_address() {
+    let config = testdata("three-backends.json");
+    let out = blobsteer(
+        &[
+            "explain",
+            "--config",
+            &config,
+            "--path",
+            BLOB,
+            "15.236.10.20",
+            "15.193.1.5",
+            "15.193.2.5",
+            "garbage",
+            "[2a05:d012::5]:443",
+        ],
+        None,
+    );
+    assert!(out.status.success());
+    let got = lines(&out);
+    assert_eq!(got.len(), 5);
+    assert_eq!(got[0]["client_ip"], "15.236.10.20");
+    assert_eq!(got[0]["backend"], "aws-eu-west-3");
+    assert_eq!(got[0]["prefix"], "15.236.0.0/15");
+    assert_eq!(got[0]["action"], "redirected");
+    assert_eq!(got[0]["status"], 307);
+    assert_eq!(
+        got[0]["location"],
+        "https://prod-registry-k8s-io-eu-west-3.s3.dualstack.eu-west-3.amazonaws.com/containers/images/sha256:5d41402abc4b2a76b9719d911017c592b1b5f2c3d4e5f60718293a4b5c6d7e8f"
+    );
+    assert_eq!(
+        got[1]["backend"], "aws-ap-northeast-1",
+        "longest prefix wins inside GLOBAL"
+    );
+    assert_eq!(got[1]["prefix"], "15.193.1.0/24");
+    assert_eq!(got[2]["backend"], Value::Null);
+    assert_eq!(got[2]["non_routable"], true);
+    assert_eq!(got[2]["action"], "passed_non_routable");
+    assert_eq!(got[3]["client_ip"], Value::Null);
+    assert_eq!(got[3]["action"], "passed_no_client_ip");
+    assert_eq!(got[3]["location"], Value::Null);
+    assert_eq!(got[4]["client_ip"], "2a05:d012::5");
+    assert_eq!(got[4]["backend"], "aws-eu-west-3");
+}
+
+#[test]
+fn explain_reads_stdin_and_honours_method_path_and_source() {
+    let config = testdata("three-backends.json");
+    let out = blobsteer(
+        &["explain", "--config", &config, "--method", "DELETE", "-"],
+        Some("44.192.1.2\n\n1.2.3.4, 44.192.9.9\n"),
+    );
+    let got = lines(&out);
+    assert_eq!(got.len(), 3);
+    assert!(got.iter().all(|g| g["action"] == "passed_method"));
+    assert_eq!(got[0]["backend"], "aws-us-east-1");
+    assert_eq!(got[1]["client_ip"], Value::Null);
+    assert_eq!(got[2]["client_ip"], "44.192.9.9");
+
+    // No x-forwarded-for at all: the config falls back to the connection's address.
+    let out = blobsteer(
+        &[
+            "explain",
+            "--config",
+            &config,
+            "--source",
+            "15.236.0.9:5555",
+        ],
+        None,
+    );
+    let got = lines(&out);
+    assert_eq!(got[0]["xff"], Value::Null);
+    assert_eq!(got[0]["client_ip_source"], "source.address");
+    assert_eq!(got[0]["backend"], "aws-eu-west-3");
+
+    let manifest = blobsteer(
+        &[
+            "explain",
+            "--config",
+            &config,
+            "--path",
+            "/v2/demo/manifests/1.0",
+            "15.236.0.9",
+        ],
+        None,
+    );
+    let got = lines(&manifest);
+    assert_eq!(got[0]["action"], "passed_not_blob");
+    assert_eq!(got[0]["backend"], "aws-eu-west-3");
+}
+
+#[test]
+fn usage_errors_exit_2() {
+    assert_eq!(blobsteer(&[], None).status.code(), Some(2));
+    assert_eq!(
+        blobsteer(&["explain", "--config"], None).status.code(),
+        Some(2)
+    );
+    assert_eq!(
+        blobsteer(&["explain", "--bogus", "x"], None).status.code(),
+        Some(2)
+    );
+    assert_eq!(blobsteer(&["check"], None).status.code(), Some(2));
+}

@@ -1,0 +1,296 @@
+//! Longest-prefix match over IPv4 and IPv6, built once and immutable after.
+//!
+//! Prefixes either nest or are disjoint, so the set flattens into sorted, non-overlapping ranges,
+//! each owned by the longest prefix that covers it. A lookup is one binary search over the range
+//! starts: O(log n), no allocation, and the same answer as walking a trie for the longest match.
+
+use ipnet::IpNet;
+use std::net::IpAddr;
+
+/// One prefix of the table and what it leads to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Entry<T> {
+    /// The prefix as configured.
+    pub prefix: IpNet,
+    /// What a match on this prefix means.
+    pub target: T,
+}
+
+/// An immutable longest-prefix-match table over both address families.
+#[derive(Debug, Clone)]
+pub struct CidrTable<T> {
+    entries: Vec<Entry<T>>,
+    v4: Ranges<u32>,
+    v6: Ranges<u128>,
+}
+
+impl<T> CidrTable<T> {
+    /// Builds the table. Prefixes must be distinct (the config rejects duplicates); if one is
+    /// repeated anyway, the later entry wins.
+    pub fn new(entries: Vec<Entry<T>>) -> Self {
+        let mut v4 = Vec::new();
+        let mut v6 = Vec::new();
+        for (index, entry) in entries.iter().enumerate() {
+            let index = index_u32(index);
+            match entry.prefix {
+                IpNet::V4(net) => v4.push(Span {
+                    start: u32::from(net.network()),
+                    end: u32::from(net.broadcast()),
+                    len: net.prefix_len(),
+                    index,
+                }),
+                IpNet::V6(net) => v6.push(Span {
+                    start: u128::from(net.network()),
+                    end: u128::from(net.broadcast()),
+                    len: net.prefix_len(),
+                    index,
+                }),
+            }
+        }
+        CidrTable {
+            entries,
+            v4: Ranges::flatten(v4),
+            v6: Ranges::flatten(v6),
+        }
+    }
+
+    /// The entry of the longest prefix containing `ip`, if any.
+    pub fn lookup(&self, ip: IpAddr) -> Option<&Entry<T>> {
+        let index = match ip {
+            IpAddr::V4(v4) => self.v4.find(u32::from(v4)),
+            IpAddr::V6(v6) => self.v6.find(u128::from(v6)),
+        }?;
+        self.entries.get(usize::try_from(index).ok()?)
+    }
+
+    /// Every configured entry, in configuration order.
+    pub fn entries(&self) -> &[Entry<T>] {
+        &self.entries
+    }
+
+    /// Number of flattened ranges searched per family (IPv4, IPv6), for sizing reports.
+    pub fn range_counts(&self) -> (usize, usize) {
+        (self.v4.starts.len(), self.v6.starts.len())
+    }
+}
+
+fn index_u32(index: usize) -> u32 {
+    // A table with more than 4 billion prefixes cannot be configured in a wasm32 VM's memory.
+    u32::try_from(index).unwrap_or(u32::MAX)
+}
+
+/// An address family's integer form.
+trait Bits: Copy + Ord {
+    fn checked_next(self) -> Option<Self>;
+    fn prev(self) -> Self;
+}
+
+impl Bits for u32 {
+    fn checked_next(self) -> Option<Self> {
+        self.checked_add(1)
+    }
+    fn prev(self) -> Self {
+        self.saturating_sub(1)
+    }
+}
+
+impl Bits for u128 {
+    fn checked_next(self) -> Option<Self> {
+        self.checked_add(1)
+    }
+    fn prev(self) -> Self {
+        self.saturating_sub(1)
+    }
+}
+
+/// A prefix as an inclusive integer range.
+#[derive(Debug, Clone, Copy)]
+struct Span<B> {
+    start: B,
+    end: B,
+    len: u8,
+    index: u32,
+}
+
+/// Disjoint, sorted ranges: `starts[i]..=ends[i]` belongs to entry `owners[i]`.
+#[derive(Debug, Clone, Default)]
+struct Ranges<B> {
+    starts: Vec<B>,
+    ends: Vec<B>,
+    owners: Vec<u32>,
+}
+
+impl<B: Bits> Ranges<B> {
+    fn find(&self, key: B) -> Option<u32> {
+        let after = self.starts.partition_point(|&start| start <= key);
+        let i = after.checked_sub(1)?;
+        if *self.ends.get(i)? >= key {
+            self.owners.get(i).copied()
+        } else {
+            None
+        }
+    }
+
+    /// Sweeps the prefixes in address order with a stack of the ones still open: the top of the
+    /// stack is always the longest prefix covering the sweep position.
+    fn flatten(mut spans: Vec<Span<B>>) -> Self {
+        // Broader first at equal starts; for a repeated prefix, the later entry ends up on top.
+        spans.sort_by(|a, b| {
+            a.start
+                .cmp(&b.start)
+                .then(a.len.cmp(&b.len))
+                .then(a.index.cmp(&b.index))
+        });
+        let mut out = Ranges {
+            starts: Vec::new(),
+            ends: Vec::new(),
+            owners: Vec::new(),
+        };
+        let mut open: Vec<Span<B>> = Vec::new();
+        // Next address not yet assigned to a range; None once the sweep passed the last address.
+        let mut cursor: Option<B> = None;
+        for span in spans {
+            while let Some(top) = open.last().copied() {
+                if top.end >= span.start {
+                    break;
+                }
+                out.emit(&mut cursor, top.end, top.index);
+                open.pop();
+            }
+            if let Some(top) = open.last() {
+                if cursor.is_some_and(|c| c < span.start) {
+                    out.emit(&mut cursor, span.start.prev(), top.index);
+                }
+            }
+            cursor = Some(span.start);
+            open.push(span);
+        }
+        while let Some(top) = open.pop() {
+            out.emit(&mut cursor, top.end, top.index);
+        }
+        out
+    }
+
+    /// Assigns `cursor..=end` to `owner` (if not empty) and moves the cursor past `end`.
+    fn emit(&mut self, cursor: &mut Option<B>, end: B, owner: u32) {
+        if let Some(start) = *cursor {
+            if start <= end {
+                self.starts.push(start);
+                self.ends.push(end);
+                self.owners.push(owner);
+            }
+        }
+        *cursor = end.checked_next().filter(|_| cursor.is_some());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    #[cfg(target_arch = "wasm32")]
+    use wasm_bindgen_test::wasm_bindgen_test as test;
+
+    fn table(prefixes: &[&str]) -> CidrTable<usize> {
+        CidrTable::new(
+            prefixes
+                .iter()
+                .enumerate()
+                .map(|(i, p)| Entry {
+                    prefix: p.parse().unwrap(),
+                    target: i,
+                })
+                .collect(),
+        )
+    }
+
+    fn owner(t: &CidrTable<usize>, ip: &str) -> Option<String> {
+        t.lookup(ip.parse().unwrap()).map(|e| e.prefix.to_string())
+    }
+
+    #[test]
+    fn longest_prefix_wins_and_gaps_fall_back_to_the_parent() {
+        let t = table(&[
+            "15.193.0.0/19",
+            "15.193.1.0/24",
+            "15.193.1.128/25",
+            "0.0.0.0/0",
+        ]);
+        assert_eq!(owner(&t, "15.193.1.5").as_deref(), Some("15.193.1.0/24"));
+        assert_eq!(
+            owner(&t, "15.193.1.200").as_deref(),
+            Some("15.193.1.128/25")
+        );
+        assert_eq!(owner(&t, "15.193.0.255").as_deref(), Some("15.193.0.0/19"));
+        assert_eq!(owner(&t, "15.193.2.0").as_deref(), Some("15.193.0.0/19"));
+        assert_eq!(owner(&t, "15.193.31.255").as_deref(), Some("15.193.0.0/19"));
+        assert_eq!(owner(&t, "15.193.32.0").as_deref(), Some("0.0.0.0/0"));
+        assert_eq!(owner(&t, "255.255.255.255").as_deref(), Some("0.0.0.0/0"));
+        assert_eq!(owner(&t, "0.0.0.0").as_deref(), Some("0.0.0.0/0"));
+        assert_eq!(owner(&t, "2001:db8::1"), None);
+    }
+
+    #[test]
+    fn families_are_separate_and_edges_are_exact() {
+        let t = table(&[
+            "10.0.0.0/8",
+            "2001:db8::/32",
+            "2001:db8:1::/48",
+            "ffff::/16",
+            "255.255.255.255/32",
+        ]);
+        assert_eq!(owner(&t, "9.255.255.255"), None);
+        assert_eq!(owner(&t, "10.0.0.0").as_deref(), Some("10.0.0.0/8"));
+        assert_eq!(owner(&t, "10.255.255.255").as_deref(), Some("10.0.0.0/8"));
+        assert_eq!(owner(&t, "11.0.0.0"), None);
+        assert_eq!(
+            owner(&t, "255.255.255.255").as_deref(),
+            Some("255.255.255.255/32")
+        );
+        assert_eq!(
+            owner(&t, "2001:db8:1:ffff::").as_deref(),
+            Some("2001:db8:1::/48")
+        );
+        assert_eq!(owner(&t, "2001:db8:2::").as_deref(), Some("2001:db8::/32"));
+        assert_eq!(
+            owner(&t, "ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff").as_deref(),
+            Some("ffff::/16")
+        );
+        assert_eq!(owner(&t, "::").as_deref(), None);
+    }
+
+    #[test]
+    fn empty_table_matches_nothing() {
+        let t = table(&[]);
+        assert_eq!(owner(&t, "1.2.3.4"), None);
+        assert_eq!(t.range_counts(), (0, 0));
+    }
+
+    /// The flattened table agrees with a brute-force longest match on a dense nested set.
+    #[test]
+    fn agrees_with_brute_force() {
+        let mut prefixes = Vec::new();
+        for len in [8u8, 12, 16, 20, 24, 28, 32] {
+            for k in 0..6u32 {
+                let addr = 0x0a00_0000u32
+                    | (k.wrapping_mul(0x0012_3457)
+                        & !u32::MAX.checked_shr(u32::from(len)).unwrap_or(0));
+                prefixes.push(format!("{}/{}", std::net::Ipv4Addr::from(addr), len));
+            }
+        }
+        prefixes.sort();
+        prefixes.dedup();
+        let refs: Vec<&str> = prefixes.iter().map(String::as_str).collect();
+        let t = table(&refs);
+        let nets: Vec<IpNet> = refs.iter().map(|p| p.parse().unwrap()).collect();
+        let mut probe = 0x09ff_ff00u32;
+        while probe < 0x0b00_0100 {
+            let ip = IpAddr::V4(probe.into());
+            let want = nets
+                .iter()
+                .filter(|n| n.contains(&ip))
+                .max_by_key(|n| n.prefix_len());
+            assert_eq!(t.lookup(ip).map(|e| e.prefix), want.copied(), "{ip}");
+            probe = probe.wrapping_add(0x0000_0fed);
+        }
+    }
+}

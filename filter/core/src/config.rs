@@ -1,0 +1,491 @@
+//! The filter's configuration: parsed strictly, validated whole, compiled once per VM.
+//!
+//! Every error names the field (`backends[1].cidrs[0]`) and the value, so a refused config says
+//! what to fix. Unknown keys are errors: a typo must not silently turn a feature off.
+
+use crate::cidr_table::{CidrTable, Entry};
+use crate::client_ip::ClientIpSettings;
+use crate::url_template::UrlTemplate;
+use ipnet::IpNet;
+use serde::Deserialize;
+use std::collections::HashMap;
+use std::fmt;
+
+/// Redirect statuses a blob can be answered with.
+pub const REDIRECT_STATUSES: [u16; 5] = [301, 302, 303, 307, 308];
+
+/// Longest backend name: it becomes part of Envoy stat names.
+pub const MAX_BACKEND_NAME_LEN: usize = 64;
+
+/// How blob requests from a matched client are handled.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BlobMode {
+    /// Answer `GET`/`HEAD` with a redirect at once; the upstream is not contacted.
+    #[default]
+    Redirect,
+    /// Let the upstream authorize first; its `200` or redirect becomes the redirect to the backend.
+    VerifyUpstream,
+    /// Never touch blob requests.
+    Off,
+}
+
+impl BlobMode {
+    /// The mode's name in the configuration.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BlobMode::Redirect => "redirect",
+            BlobMode::VerifyUpstream => "verify_upstream",
+            BlobMode::Off => "off",
+        }
+    }
+}
+
+/// The `blobs` section.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BlobSettings {
+    /// See [`BlobMode`].
+    pub mode: BlobMode,
+    /// Status of the redirects the filter sends (307 keeps the method, so `HEAD` stays `HEAD`).
+    pub redirect_status: u16,
+}
+
+impl Default for BlobSettings {
+    fn default() -> Self {
+        BlobSettings {
+            mode: BlobMode::Redirect,
+            redirect_status: 307,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    backends: Vec<RawBackend>,
+    #[serde(default)]
+    non_routable: Vec<String>,
+    #[serde(default)]
+    client_ip: ClientIpSettings,
+    #[serde(default)]
+    blobs: BlobSettings,
+    #[serde(default)]
+    decision_header: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawBackend {
+    name: String,
+    blob_url: String,
+    cidrs: Vec<String>,
+    #[serde(default)]
+    cluster: Option<String>,
+}
+
+/// A place blobs can be fetched from, e.g. one region's object store.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Backend {
+    /// Unique name, used in stats and decisions (`aws-eu-west-3`).
+    pub name: String,
+    /// Where a blob of this backend lives.
+    pub blob_url: UrlTemplate,
+    /// The Envoy cluster that reaches the backend's object store, if configured.
+    pub cluster: Option<String>,
+}
+
+/// What a CIDR table entry leads to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Target {
+    /// The backend at this index of [`Config::backends`].
+    Backend(usize),
+    /// No backend: the range is not routable (AWS `GLOBAL`, GCP `global`).
+    NonRoutable,
+}
+
+/// A validated configuration, ready for requests. Immutable once built.
+#[derive(Debug, Clone)]
+pub struct Config {
+    backends: Vec<Backend>,
+    table: CidrTable<Target>,
+    /// How the client address is found.
+    pub client_ip: ClientIpSettings,
+    /// How blob requests are handled.
+    pub blobs: BlobSettings,
+    /// Response header naming the decision, when an operator wants to see it (lowercase).
+    pub decision_header: Option<String>,
+}
+
+/// One problem in a configuration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    /// Where: `backends[0].cidrs[2]`, or empty for the document as a whole.
+    pub field: String,
+    /// What is wrong, quoting the value.
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.field.is_empty() {
+            f.write_str(&self.message)
+        } else {
+            write!(f, "{}: {}", self.field, self.message)
+        }
+    }
+}
+
+/// Every problem found in a configuration (never empty).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigErrors(pub Vec<ConfigError>);
+
+impl fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut first = true;
+        for error in &self.0 {
+            if !first {
+                f.write_str("; ")?;
+            }
+            first = false;
+            write!(f, "{error}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigErrors {}
+
+impl Config {
+    /// Parses and validates the JSON configuration, reporting every problem at once.
+    pub fn from_json(bytes: &[u8]) -> Result<Config, ConfigErrors> {
+        let document_error = |message: String| {
+            ConfigErrors(vec![ConfigError {
+                field: String::new(),
+                message,
+            }])
+        };
+        let mut json = serde_json::Deserializer::from_slice(bytes);
+        let raw: RawConfig = serde_path_to_error::deserialize(&mut json).map_err(|e| {
+            let field = e.path().to_string();
+            let message = e.into_inner().to_string();
+            match field.as_str() {
+                "." => document_error(message),
+                _ => ConfigErrors(vec![ConfigError { field, message }]),
+            }
+        })?;
+        json.end().map_err(|e| document_error(e.to_string()))?;
+        Validator::default().validate(raw)
+    }
+
+    /// The backends, in configuration order.
+    pub fn backends(&self) -> &[Backend] {
+        &self.backends
+    }
+
+    /// The longest-prefix-match table of every configured CIDR.
+    pub fn table(&self) -> &CidrTable<Target> {
+        &self.table
+    }
+
+    /// One line for operators: what this configuration holds.
+    pub fn summary(&self) -> String {
+        let (mut v4, mut v6, mut non_routable) = (0usize, 0usize, 0usize);
+        for entry in self.table.entries() {
+            match (entry.prefix, entry.target) {
+                (_, Target::NonRoutable) => non_routable += 1,
+                (IpNet::V4(_), _) => v4 += 1,
+                (IpNet::V6(_), _) => v6 += 1,
+            }
+        }
+        format!(
+            "{} backend{}, {} prefixes ({v4} IPv4, {v6} IPv6), {non_routable} non-routable, blob mode {}",
+            self.backends.len(),
+            if self.backends.len() == 1 { "" } else { "s" },
+            v4 + v6,
+            self.blobs.mode.as_str()
+        )
+    }
+}
+
+#[derive(Default)]
+struct Validator {
+    errors: Vec<ConfigError>,
+    /// Where each prefix was first seen, to report duplicates with both places.
+    seen: HashMap<IpNet, String>,
+}
+
+impl Validator {
+    fn error(&mut self, field: impl Into<String>, message: impl Into<String>) {
+        self.errors.push(ConfigError {
+            field: field.into(),
+            message: message.into(),
+        });
+    }
+
+    fn validate(mut self, raw: RawConfig) -> Result<Config, ConfigErrors> {
+        let mut entries = Vec::new();
+        let mut backends = Vec::with_capacity(raw.backends.len());
+        let mut names: HashMap<String, usize> = HashMap::new();
+        if raw.backends.is_empty() {
+            self.error("backends", "at least one backend is required");
+        }
+        for (index, backend) in raw.backends.into_iter().enumerate() {
+            let at = format!("backends[{index}]");
+            if let Some(first) = names.insert(backend.name.clone(), index) {
+                self.error(
+                    format!("{at}.name"),
+                    format!(
+                        "{:?} is already the name of backends[{first}]",
+                        backend.name
+                    ),
+                );
+            }
+            if !is_backend_name(&backend.name) {
+                self.error(
+                    format!("{at}.name"),
+                    format!(
+                        "{:?} must be 1 to {MAX_BACKEND_NAME_LEN} characters of [A-Za-z0-9_-] (it becomes part of stat names)",
+                        backend.name
+                    ),
+                );
+            }
+            let blob_url = UrlTemplate::parse(&backend.blob_url).map_err(|e| {
+                self.error(
+                    format!("{at}.blob_url"),
+                    format!("{:?} {e}", backend.blob_url),
+                );
+            });
+            if backend.cluster.as_deref().is_some_and(str::is_empty) {
+                self.error(format!("{at}.cluster"), "must not be empty when present");
+            }
+            for (i, cidr) in backend.cidrs.iter().enumerate() {
+                let field = format!("{at}.cidrs[{i}]");
+                if let Some(prefix) = self.prefix(&field, cidr, &backend.name) {
+                    entries.push(Entry {
+                        prefix,
+                        target: Target::Backend(index),
+                    });
+                }
+            }
+            if let Ok(blob_url) = blob_url {
+                backends.push(Backend {
+                    name: backend.name,
+                    blob_url,
+                    cluster: backend.cluster,
+                });
+            }
+        }
+        for (i, cidr) in raw.non_routable.iter().enumerate() {
+            if let Some(prefix) = self.prefix(&format!("non_routable[{i}]"), cidr, "non_routable") {
+                entries.push(Entry {
+                    prefix,
+                    target: Target::NonRoutable,
+                });
+            }
+        }
+        if !REDIRECT_STATUSES.contains(&raw.blobs.redirect_status) {
+            self.error(
+                "blobs.redirect_status",
+                format!(
+                    "{} is not a redirect status (one of 301, 302, 303, 307, 308)",
+                    raw.blobs.redirect_status
+                ),
+            );
+        }
+        if let Some(header) = &raw.decision_header {
+            if !is_header_name(header) {
+                self.error(
+                    "decision_header",
+                    format!("{header:?} is not a lowercase HTTP header name ([a-z0-9-], not starting with '-')"),
+                );
+            }
+        }
+        if !self.errors.is_empty() {
+            return Err(ConfigErrors(self.errors));
+        }
+        Ok(Config {
+            backends,
+            table: CidrTable::new(entries),
+            client_ip: raw.client_ip,
+            blobs: raw.blobs,
+            decision_header: raw.decision_header,
+        })
+    }
+
+    /// Parses one CIDR, insisting on the canonical form and on each prefix appearing once.
+    fn prefix(&mut self, field: &str, text: &str, owner: &str) -> Option<IpNet> {
+        let prefix = match text.parse::<IpNet>() {
+            Ok(prefix) => prefix,
+            Err(_) => {
+                self.error(
+                    field,
+                    format!("{text:?} is not a CIDR prefix such as 192.0.2.0/24 or 2001:db8::/32"),
+                );
+                return None;
+            }
+        };
+        if prefix.trunc() != prefix {
+            self.error(
+                field,
+                format!(
+                    "{text:?} has host bits set (did you mean {}?)",
+                    prefix.trunc()
+                ),
+            );
+            return None;
+        }
+        let place = format!("{field} ({owner})");
+        if let Some(first) = self.seen.get(&prefix) {
+            let message = format!("{text} is already listed at {first}");
+            self.error(field, message);
+            return None;
+        }
+        self.seen.insert(prefix, place);
+        Some(prefix)
+    }
+}
+
+fn is_backend_name(name: &str) -> bool {
+    (1..=MAX_BACKEND_NAME_LEN).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
+fn is_header_name(name: &str) -> bool {
+    !name.is_empty()
+        && !name.starts_with('-')
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    #[cfg(target_arch = "wasm32")]
+    use wasm_bindgen_test::wasm_bindgen_test as test;
+
+    fn errors(json: &str) -> Vec<String> {
+        match Config::from_json(json.as_bytes()) {
+            Ok(_) => Vec::new(),
+            Err(e) => e.0.iter().map(ToString::to_string).collect(),
+        }
+    }
+
+    const GOOD: &str = r#"{
+        "backends": [
+            {"name": "eu", "blob_url": "https://eu.example/containers/images/{digest}", "cidrs": ["15.236.0.0/15", "2a05:d012::/36"], "cluster": "mirror_eu"},
+            {"name": "us", "blob_url": "http://us.example:8080/{digest}", "cidrs": ["44.192.0.0/11"]}
+        ],
+        "non_routable": ["15.193.0.0/19"],
+        "client_ip": {"xff_num_trusted_hops": 1, "source_address_fallback": true},
+        "blobs": {"mode": "verify_upstream", "redirect_status": 302},
+        "decision_header": "x-blobsteer-decision"
+    }"#;
+
+    #[test]
+    fn accepts_a_complete_config() {
+        let config = Config::from_json(GOOD.as_bytes()).unwrap();
+        assert_eq!(config.backends().len(), 2);
+        assert_eq!(config.blobs.mode, BlobMode::VerifyUpstream);
+        assert_eq!(config.blobs.redirect_status, 302);
+        assert_eq!(config.client_ip.xff_num_trusted_hops, 1);
+        assert_eq!(
+            config.decision_header.as_deref(),
+            Some("x-blobsteer-decision")
+        );
+        assert_eq!(
+            config.summary(),
+            "2 backends, 3 prefixes (2 IPv4, 1 IPv6), 1 non-routable, blob mode verify_upstream"
+        );
+    }
+
+    #[test]
+    fn defaults_are_redirect_307_and_rightmost_address() {
+        let config = Config::from_json(
+            br#"{"backends": [{"name": "a", "blob_url": "https://a/{digest}", "cidrs": []}]}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            config.blobs,
+            BlobSettings {
+                mode: BlobMode::Redirect,
+                redirect_status: 307
+            }
+        );
+        assert_eq!(config.client_ip, ClientIpSettings::default());
+        assert_eq!(config.decision_header, None);
+    }
+
+    #[test]
+    fn every_error_names_field_and_value() {
+        let bad = r#"{
+            "backends": [
+                {"name": "eu", "blob_url": "ftp://eu/{digest}", "cidrs": ["15.236.0.0/15", "300.1.2.3/8", "15.237.0.0/15"]},
+                {"name": "eu", "blob_url": "https://x/{encoded}", "cidrs": ["15.236.0.0/15"]},
+                {"name": "bad.name", "blob_url": "https://x/{digest}", "cidrs": ["10.0.0.1/8"], "cluster": ""}
+            ],
+            "non_routable": ["15.236.0.0/15"],
+            "blobs": {"redirect_status": 200},
+            "decision_header": "X-Decision"
+        }"#;
+        let got = errors(bad);
+        let want = [
+            r#"backends[0].blob_url: "ftp://eu/{digest}" must start with http:// or https:// and a host"#,
+            r#"backends[0].cidrs[1]: "300.1.2.3/8" is not a CIDR prefix such as 192.0.2.0/24 or 2001:db8::/32"#,
+            r#"backends[0].cidrs[2]: "15.237.0.0/15" has host bits set (did you mean 15.236.0.0/15?)"#,
+            r#"backends[1].name: "eu" is already the name of backends[0]"#,
+            r#"backends[1].blob_url: "https://x/{encoded}" must contain {digest}"#,
+            "backends[1].cidrs[0]: 15.236.0.0/15 is already listed at backends[0].cidrs[0] (eu)",
+            r#"backends[2].name: "bad.name" must be 1 to 64 characters of [A-Za-z0-9_-] (it becomes part of stat names)"#,
+            "backends[2].cluster: must not be empty when present",
+            r#"backends[2].cidrs[0]: "10.0.0.1/8" has host bits set (did you mean 10.0.0.0/8?)"#,
+            "non_routable[0]: 15.236.0.0/15 is already listed at backends[0].cidrs[0] (eu)",
+            "blobs.redirect_status: 200 is not a redirect status (one of 301, 302, 303, 307, 308)",
+            r#"decision_header: "X-Decision" is not a lowercase HTTP header name ([a-z0-9-], not starting with '-')"#,
+        ];
+        assert_eq!(got, want);
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_json_are_refused_by_name() {
+        let paths = [
+            (
+                r#"{"backends": [{"name": "a", "blob_url": "https://a/{digest}", "cidr": []}]}"#,
+                "backends[0].cidr: unknown field `cidr`",
+            ),
+            (
+                r#"{"backends": [], "blobs": {"mode": "redirects"}}"#,
+                "blobs.mode: unknown variant `redirects`",
+            ),
+            (
+                r#"{"backends": [], "client_ip": {"xff_num_trusted_hops": -1}}"#,
+                "client_ip.xff_num_trusted_hops: invalid value: integer `-1`",
+            ),
+        ];
+        for (json, want) in paths {
+            let got = errors(json).join("\n");
+            assert!(got.starts_with(want), "{got}");
+        }
+        let typo = r#"{"backends": [{"name": "a", "blob_url": "https://a/{digest}", "cidr": []}]}"#;
+        let got = errors(typo).join("\n");
+        assert!(got.contains("unknown field `cidr`"), "{got}");
+        let top = r#"{"backends": [], "blob": {}}"#;
+        assert!(errors(top).join("\n").contains("unknown field `blob`"));
+        let mode = r#"{"backends": [], "blobs": {"mode": "redirects"}}"#;
+        assert!(errors(mode)
+            .join("\n")
+            .contains("unknown variant `redirects`"));
+        let hops = r#"{"backends": [], "client_ip": {"xff_num_trusted_hop": 1}}"#;
+        assert!(errors(hops)
+            .join("\n")
+            .contains("unknown field `xff_num_trusted_hop`"));
+        assert!(errors(r#"{"backends": [}"#).join("\n").contains("line 1"));
+        assert_eq!(
+            errors(r#"{"backends": []}"#),
+            ["backends: at least one backend is required"]
+        );
+    }
+}

@@ -1,0 +1,496 @@
+//! What the filter does with a request, and then with its response: the one place that decides.
+//!
+//! The wasm filter and `blobsteer explain` both call these functions, so what `explain` prints is
+//! what the filter does.
+
+use crate::cidr_table::Entry;
+use crate::client_ip::ClientIpSource;
+use crate::config::{BlobMode, Config, Target, REDIRECT_STATUSES};
+use crate::registry_path::RegistryPath;
+use ipnet::IpNet;
+use std::fmt::Write;
+use std::net::IpAddr;
+
+/// The parts of a request the decision reads.
+#[derive(Debug, Clone, Copy)]
+pub struct Request<'a> {
+    /// `:method`.
+    pub method: &'a str,
+    /// `:path`.
+    pub path: &'a str,
+    /// Every `x-forwarded-for` line, in the order received.
+    pub forwarded_for: &'a [&'a str],
+    /// The `source.address` property (`ip:port`), if the host gave one.
+    pub source_address: Option<&'a str>,
+}
+
+/// Where the client is, as far as steering is concerned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClientMatch {
+    /// No usable address: missing or unparseable `x-forwarded-for`.
+    NoClientIp,
+    /// An address no prefix covers.
+    Unmapped {
+        /// The client address.
+        ip: IpAddr,
+        /// Where it came from.
+        source: ClientIpSource,
+    },
+    /// An address whose longest match is a non-routable prefix.
+    NonRoutable {
+        /// The client address.
+        ip: IpAddr,
+        /// Where it came from.
+        source: ClientIpSource,
+        /// The matched prefix.
+        prefix: IpNet,
+    },
+    /// An address whose longest match belongs to a backend.
+    Backend {
+        /// The client address.
+        ip: IpAddr,
+        /// Where it came from.
+        source: ClientIpSource,
+        /// The matched prefix.
+        prefix: IpNet,
+        /// Index into [`Config::backends`].
+        backend: usize,
+    },
+}
+
+impl ClientMatch {
+    /// The client address, if there is one.
+    pub fn ip(&self) -> Option<IpAddr> {
+        match *self {
+            ClientMatch::NoClientIp => None,
+            ClientMatch::Unmapped { ip, .. }
+            | ClientMatch::NonRoutable { ip, .. }
+            | ClientMatch::Backend { ip, .. } => Some(ip),
+        }
+    }
+
+    /// The prefix that matched, if any.
+    pub fn prefix(&self) -> Option<IpNet> {
+        match *self {
+            ClientMatch::NonRoutable { prefix, .. } | ClientMatch::Backend { prefix, .. } => {
+                Some(prefix)
+            }
+            _ => None,
+        }
+    }
+
+    /// The backend index, if the client has one.
+    pub fn backend(&self) -> Option<usize> {
+        match *self {
+            ClientMatch::Backend { backend, .. } => Some(backend),
+            _ => None,
+        }
+    }
+}
+
+/// What the filter did, as counted in stats (`blobsteer.<name>`) and shown to operators.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Action {
+    /// Answered with a redirect to the client's backend.
+    Redirected,
+    /// Rewrote the `Location` of the upstream's own redirect to the client's backend.
+    LocationRewritten,
+    /// `verify_upstream`: the upstream refused or failed (401, 403, 404, 5xx); passed through.
+    PassedUpstreamAnswer,
+    /// Not a blob download.
+    PassedNotBlob,
+    /// A blob path with a method other than `GET` or `HEAD`.
+    PassedMethod,
+    /// Blob handling is off.
+    PassedBlobsOff,
+    /// No usable client address.
+    PassedNoClientIp,
+    /// The client address matches no prefix.
+    PassedNoBackend,
+    /// The client address is in a non-routable prefix.
+    PassedNonRoutable,
+}
+
+impl Action {
+    /// Every action, for defining stats up front.
+    pub const ALL: [Action; 9] = [
+        Action::Redirected,
+        Action::LocationRewritten,
+        Action::PassedUpstreamAnswer,
+        Action::PassedNotBlob,
+        Action::PassedMethod,
+        Action::PassedBlobsOff,
+        Action::PassedNoClientIp,
+        Action::PassedNoBackend,
+        Action::PassedNonRoutable,
+    ];
+
+    /// Actions that are also counted per backend (`blobsteer.backend.<name>.<action>`).
+    pub const PER_BACKEND: [Action; 3] = [
+        Action::Redirected,
+        Action::LocationRewritten,
+        Action::PassedUpstreamAnswer,
+    ];
+
+    /// The stat name of the action.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Action::Redirected => "redirected",
+            Action::LocationRewritten => "location_rewritten",
+            Action::PassedUpstreamAnswer => "passed_upstream_answer",
+            Action::PassedNotBlob => "passed_not_blob",
+            Action::PassedMethod => "passed_method",
+            Action::PassedBlobsOff => "passed_blobs_off",
+            Action::PassedNoClientIp => "passed_no_client_ip",
+            Action::PassedNoBackend => "passed_no_backend",
+            Action::PassedNonRoutable => "passed_non_routable",
+        }
+    }
+}
+
+/// A redirect the filter answers with itself.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Redirect {
+    /// One of [`REDIRECT_STATUSES`].
+    pub status: u16,
+    /// The backend's URL for the blob.
+    pub location: String,
+}
+
+/// What to do once the request headers are in.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RequestStep {
+    /// Answer now; the upstream is not contacted.
+    Respond(Redirect),
+    /// Send upstream, then decide on its response with this plan.
+    Forward(ResponsePlan),
+    /// Leave the request and its response untouched.
+    Pass(Action),
+}
+
+/// The decision on a request: who the client is, and what happens next.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Decision {
+    /// The client, when the request was one the client's address matters for.
+    pub client: Option<ClientMatch>,
+    /// What happens next.
+    pub step: RequestStep,
+}
+
+/// How to judge the upstream's answer to a forwarded blob request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ResponsePlan {
+    /// The backend the client belongs to.
+    pub backend: usize,
+    /// The backend's URL for the blob.
+    pub location: String,
+    /// `verify_upstream`: an upstream `200` becomes a redirect to the backend.
+    pub verify: bool,
+    /// The client's `GET` is sent upstream as `HEAD`, so the blob itself is never transferred.
+    pub send_as_head: bool,
+    /// Status of the redirects the filter sends.
+    pub redirect_status: u16,
+}
+
+/// What to do with the upstream's response headers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ResponseStep {
+    /// Replace the response with this redirect.
+    Respond(Redirect),
+    /// Keep the response, with `Location` set to this URL.
+    RewriteLocation(String),
+    /// Keep the response as it is.
+    Pass,
+}
+
+/// The decision on a response.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ResponseDecision {
+    /// What is counted.
+    pub action: Action,
+    /// What to do.
+    pub step: ResponseStep,
+    /// The request went up as `HEAD` but the client asked `GET`: a kept response has no body, so
+    /// its `content-length` must say 0 or an HTTP/1.1 client waits for bytes that never come.
+    pub zero_content_length: bool,
+}
+
+impl ResponsePlan {
+    /// Judges the upstream's status.
+    pub fn decide(&self, status: u16) -> ResponseDecision {
+        let (action, step) = if self.verify && status == 200 {
+            let redirect = Redirect {
+                status: self.redirect_status,
+                location: self.location.clone(),
+            };
+            (Action::Redirected, ResponseStep::Respond(redirect))
+        } else if REDIRECT_STATUSES.contains(&status) {
+            (
+                Action::LocationRewritten,
+                ResponseStep::RewriteLocation(self.location.clone()),
+            )
+        } else {
+            (Action::PassedUpstreamAnswer, ResponseStep::Pass)
+        };
+        let replaced = matches!(step, ResponseStep::Respond(_));
+        ResponseDecision {
+            action,
+            step,
+            zero_content_length: self.send_as_head && !replaced,
+        }
+    }
+}
+
+impl Config {
+    /// Finds the client's address and the backend it belongs to.
+    pub fn classify_client(
+        &self,
+        forwarded_for: &[&str],
+        source_address: Option<&str>,
+    ) -> ClientMatch {
+        let Some((ip, source)) = self.client_ip.client_ip(forwarded_for, source_address) else {
+            return ClientMatch::NoClientIp;
+        };
+        match self.table().lookup(ip) {
+            None => ClientMatch::Unmapped { ip, source },
+            Some(Entry {
+                prefix,
+                target: Target::NonRoutable,
+            }) => ClientMatch::NonRoutable {
+                ip,
+                source,
+                prefix: *prefix,
+            },
+            Some(Entry {
+                prefix,
+                target: Target::Backend(backend),
+            }) => ClientMatch::Backend {
+                ip,
+                source,
+                prefix: *prefix,
+                backend: *backend,
+            },
+        }
+    }
+
+    /// Decides what to do with a request, from its headers alone.
+    pub fn decide_request(&self, request: &Request<'_>) -> Decision {
+        let pass = |action| Decision {
+            client: None,
+            step: RequestStep::Pass(action),
+        };
+        let RegistryPath::Blob { repository, digest } = RegistryPath::parse(request.path) else {
+            return pass(Action::PassedNotBlob);
+        };
+        let is_head = match request.method {
+            "GET" => false,
+            "HEAD" => true,
+            _ => return pass(Action::PassedMethod),
+        };
+        if self.blobs.mode == BlobMode::Off {
+            return pass(Action::PassedBlobsOff);
+        }
+        let client = self.classify_client(request.forwarded_for, request.source_address);
+        let step = match client {
+            ClientMatch::NoClientIp => RequestStep::Pass(Action::PassedNoClientIp),
+            ClientMatch::Unmapped { .. } => RequestStep::Pass(Action::PassedNoBackend),
+            ClientMatch::NonRoutable { .. } => RequestStep::Pass(Action::PassedNonRoutable),
+            ClientMatch::Backend { backend, .. } => match self.backends().get(backend) {
+                None => RequestStep::Pass(Action::PassedNoBackend),
+                Some(b) => {
+                    let location = b.blob_url.render(repository, digest);
+                    match self.blobs.mode {
+                        BlobMode::VerifyUpstream => RequestStep::Forward(ResponsePlan {
+                            backend,
+                            location,
+                            verify: true,
+                            send_as_head: !is_head,
+                            redirect_status: self.blobs.redirect_status,
+                        }),
+                        _ => RequestStep::Respond(Redirect {
+                            status: self.blobs.redirect_status,
+                            location,
+                        }),
+                    }
+                }
+            },
+        };
+        Decision {
+            client: Some(client),
+            step,
+        }
+    }
+
+    /// The value of the optional decision header: `<action>; client=<ip>; prefix=<cidr>; backend=<name>`.
+    pub fn describe(&self, action: Action, client: Option<&ClientMatch>) -> String {
+        let mut text = String::from(action.as_str());
+        if let Some(client) = client {
+            match client.ip() {
+                Some(ip) => {
+                    let _ = write!(text, "; client={ip}");
+                }
+                None => text.push_str("; client=none"),
+            }
+            if let Some(prefix) = client.prefix() {
+                let _ = write!(text, "; prefix={prefix}");
+            }
+            if let Some(backend) = client.backend().and_then(|i| self.backends().get(i)) {
+                let _ = write!(text, "; backend={}", backend.name);
+            }
+        }
+        text
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    #[cfg(target_arch = "wasm32")]
+    use wasm_bindgen_test::wasm_bindgen_test as test;
+
+    const BLOB: &str = "/v2/demo/hello/blobs/sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+
+    fn config(mode: &str) -> Config {
+        let json = format!(
+            r#"{{
+            "backends": [
+                {{"name": "aws-eu-west-3", "blob_url": "https://eu.example/containers/images/{{digest}}", "cidrs": ["15.236.0.0/15", "2a05:d012::/36"]}},
+                {{"name": "aws-ap-northeast-1", "blob_url": "https://ap.example/{{repository}}/{{encoded}}?{{digest}}", "cidrs": ["15.193.1.0/24"]}}
+            ],
+            "non_routable": ["15.193.0.0/19"],
+            "blobs": {{"mode": "{mode}"}}
+        }}"#
+        );
+        Config::from_json(json.as_bytes()).unwrap()
+    }
+
+    fn request<'a>(method: &'a str, path: &'a str, xff: &'a [&'a str]) -> Request<'a> {
+        Request {
+            method,
+            path,
+            forwarded_for: xff,
+            source_address: None,
+        }
+    }
+
+    #[test]
+    fn redirect_mode_answers_mapped_blob_requests() {
+        let c = config("redirect");
+        for method in ["GET", "HEAD"] {
+            let d = c.decide_request(&request(method, BLOB, &["15.236.10.20"]));
+            assert_eq!(
+                d.step,
+                RequestStep::Respond(Redirect {
+                    status: 307,
+                    location: format!("https://eu.example/containers/images/{}", &BLOB[21..]),
+                })
+            );
+            assert_eq!(d.client.and_then(|c| c.backend()), Some(0));
+        }
+    }
+
+    #[test]
+    fn longest_prefix_inside_non_routable_supernet_wins() {
+        let c = config("redirect");
+        let d = c.decide_request(&request("GET", BLOB, &["15.193.1.5"]));
+        let RequestStep::Respond(redirect) = d.step else {
+            panic!("{d:?}")
+        };
+        assert!(
+            redirect
+                .location
+                .starts_with("https://ap.example/demo/hello/0123"),
+            "{}",
+            redirect.location
+        );
+        let d = c.decide_request(&request("GET", BLOB, &["15.193.2.5"]));
+        assert_eq!(d.step, RequestStep::Pass(Action::PassedNonRoutable));
+    }
+
+    #[test]
+    fn everything_else_passes_with_its_reason() {
+        let c = config("redirect");
+        let cases: [(&str, &str, &[&str], Action); 8] = [
+            (
+                "GET",
+                "/v2/demo/hello/manifests/1.0",
+                &["15.236.10.20"],
+                Action::PassedNotBlob,
+            ),
+            (
+                "GET",
+                "/v2/demo/blobs/sha256:ABC",
+                &["15.236.10.20"],
+                Action::PassedNotBlob,
+            ),
+            ("PUT", BLOB, &["15.236.10.20"], Action::PassedMethod),
+            ("get", BLOB, &["15.236.10.20"], Action::PassedMethod),
+            ("GET", BLOB, &[], Action::PassedNoClientIp),
+            ("GET", BLOB, &["not-an-ip"], Action::PassedNoClientIp),
+            ("GET", BLOB, &["198.51.100.7"], Action::PassedNoBackend),
+            ("GET", BLOB, &["15.193.0.1"], Action::PassedNonRoutable),
+        ];
+        for (method, path, xff, want) in cases {
+            let d = c.decide_request(&request(method, path, xff));
+            assert_eq!(d.step, RequestStep::Pass(want), "{method} {path} {xff:?}");
+        }
+        let off = config("off");
+        assert_eq!(
+            off.decide_request(&request("GET", BLOB, &["15.236.10.20"]))
+                .step,
+            RequestStep::Pass(Action::PassedBlobsOff)
+        );
+    }
+
+    #[test]
+    fn verify_upstream_forwards_then_judges_the_answer() {
+        let c = config("verify_upstream");
+        let d = c.decide_request(&request("GET", BLOB, &["2a05:d012::1"]));
+        let RequestStep::Forward(plan) = d.step else {
+            panic!("{d:?}")
+        };
+        assert!(plan.verify && plan.send_as_head);
+        let ok = plan.decide(200);
+        assert_eq!(ok.action, Action::Redirected);
+        assert!(matches!(
+            ok.step,
+            ResponseStep::Respond(Redirect { status: 307, .. })
+        ));
+        assert!(!ok.zero_content_length);
+        let moved = plan.decide(307);
+        assert_eq!(
+            moved.step,
+            ResponseStep::RewriteLocation(plan.location.clone())
+        );
+        assert!(moved.zero_content_length);
+        for refused in [401, 403, 404, 500, 503] {
+            let r = plan.decide(refused);
+            assert_eq!(
+                (r.action, r.step, r.zero_content_length),
+                (Action::PassedUpstreamAnswer, ResponseStep::Pass, true)
+            );
+        }
+        let head = c.decide_request(&request("HEAD", BLOB, &["15.236.0.1"]));
+        let RequestStep::Forward(plan) = head.step else {
+            panic!()
+        };
+        assert!(!plan.send_as_head);
+        assert!(!plan.decide(401).zero_content_length);
+    }
+
+    #[test]
+    fn describe_tells_the_operator_why() {
+        let c = config("redirect");
+        let d = c.decide_request(&request("GET", BLOB, &["1.1.1.1, 15.236.10.20"]));
+        assert_eq!(
+            c.describe(Action::Redirected, d.client.as_ref()),
+            "redirected; client=15.236.10.20; prefix=15.236.0.0/15; backend=aws-eu-west-3"
+        );
+        let d = c.decide_request(&request("GET", BLOB, &["garbage"]));
+        assert_eq!(
+            c.describe(Action::PassedNoClientIp, d.client.as_ref()),
+            "passed_no_client_ip; client=none"
+        );
+        assert_eq!(c.describe(Action::PassedNotBlob, None), "passed_not_blob");
+    }
+}

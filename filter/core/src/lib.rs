@@ -1,0 +1,19 @@
+//! blobsteer's decisions, free of any host: the configuration, where a client is, which backend
+//! serves it, and what the filter does with each request and response.
+//!
+//! The wasm filter only reads from Envoy, calls into this crate, and applies the answer; the
+//! `blobsteer` CLI calls the very same functions.
+
+pub mod cidr_table;
+pub mod client_ip;
+pub mod config;
+pub mod decision;
+pub mod digest;
+pub mod registry_path;
+pub mod url_template;
+
+pub use config::{Backend, BlobMode, Config, ConfigError, ConfigErrors, Target};
+pub use decision::{
+    Action, ClientMatch, Decision, Request, RequestStep, ResponseDecision, ResponsePlan,
+    ResponseStep,
+};
