@@ -28,7 +28,7 @@ run: build
 	$(PYTHON) scripts/stack.py run
 
 ## test: unit tests natively and on wasm32, lints, then the end-to-end suite with real parts
-test: lint unit wasm-test
+test: lint unit wasm-test e2e
 
 unit: bootstrap
 	$(CARGO) test --locked --workspace
@@ -43,7 +43,7 @@ lint: bootstrap
 	$(CARGO) clippy --locked -p blobsteer-wasm --target wasm32-wasip1 -- -D warnings
 
 e2e: build
-	$(PYTHON) -m unittest discover -s scripts/e2e -t . -v
+	$(PYTHON) -m unittest discover -s scripts/e2e -v
 
 clean:
 	$(CARGO) clean
