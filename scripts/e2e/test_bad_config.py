@@ -53,9 +53,10 @@ class BadConfigTest(unittest.TestCase):
         stack = stk.Stack(run_dir, ports=free_ports(), filter_config_override=config(GOOD))
         stack.start_envoy()
         self.addCleanup(stack.stop)
-        self.assertIn(
-            "configured: 1 backend, 1 prefixes (1 IPv4, 0 IPv6), 0 non-routable, blob mode redirect",
+        self.assertRegex(
             wasm_lines(stack),
+            r"configured in \d+\.\d{3} ms \(\d+ bytes\): "
+            r"1 backend, 1 prefixes \(1 IPv4, 0 IPv6\), 0 non-routable, blob mode redirect",
         )
 
 

@@ -31,9 +31,20 @@ impl RootContext for Root {
                 return false;
             }
         };
+        let started = hostcalls::get_current_time().ok();
         match Config::from_json(&bytes) {
             Ok(config) => {
-                log::info!("configured: {}", config.summary());
+                // Parse, validation and table build, timed by the host: what a VM pays at load.
+                let took = started
+                    .zip(hostcalls::get_current_time().ok())
+                    .and_then(|(start, end)| end.duration_since(start).ok())
+                    .unwrap_or_default();
+                log::info!(
+                    "configured in {:.3} ms ({} bytes): {}",
+                    took.as_secs_f64() * 1000.0,
+                    bytes.len(),
+                    config.summary()
+                );
                 let metrics = Metrics::define(&config);
                 self.filter = Some(Rc::new(Filter { config, metrics }));
                 true
