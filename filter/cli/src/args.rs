@@ -23,9 +23,8 @@ impl Parsed {
                 let (name, value) = match name.split_once('=') {
                     Some((name, value)) => (name, value.to_string()),
                     None => {
-                        let value = rest
-                            .next()
-                            .ok_or_else(|| Usage(format!("--{name} needs a value")))?;
+                        let value =
+                            rest.next().ok_or_else(|| Usage(format!("--{name} needs a value")))?;
                         (name, value.clone())
                     }
                 };
@@ -37,18 +36,21 @@ impl Parsed {
                 positional.push(arg.clone());
             }
         }
-        Ok(Parsed {
-            options,
-            positional,
-        })
+        Ok(Parsed { options, positional })
+    }
+
+    /// Every value given for `name`, in order (comma-separated lists split when `split`).
+    pub fn all(&self, name: &str, split: bool) -> Vec<&str> {
+        let values = self.options.iter().filter(|(n, _)| n == name).map(|(_, v)| v.as_str());
+        if split {
+            values.flat_map(|v| v.split(',')).map(str::trim).filter(|v| !v.is_empty()).collect()
+        } else {
+            values.collect()
+        }
     }
 
     /// The last value given for `name`.
     pub fn get(&self, name: &str) -> Option<&str> {
-        self.options
-            .iter()
-            .rev()
-            .find(|(n, _)| n == name)
-            .map(|(_, v)| v.as_str())
+        self.options.iter().rev().find(|(n, _)| n == name).map(|(_, v)| v.as_str())
     }
 }

@@ -14,9 +14,8 @@ const SAMPLE_BLOB_PATH: &str =
 /// Runs the command.
 pub fn run(argv: &[String]) -> Result<ExitCode, Usage> {
     let args = Parsed::new(argv, &["config", "method", "path", "source"])?;
-    let config_path = args
-        .get("config")
-        .ok_or_else(|| Usage("explain needs --config CONFIG".into()))?;
+    let config_path =
+        args.get("config").ok_or_else(|| Usage("explain needs --config CONFIG".into()))?;
     let config = match crate::load_config(config_path) {
         Ok(config) => config,
         Err(code) => return Ok(code),
@@ -26,12 +25,7 @@ pub fn run(argv: &[String]) -> Result<ExitCode, Usage> {
     let source = args.get("source");
     let explain = |xff: Option<&str>| {
         let lines: Vec<&str> = xff.into_iter().collect();
-        let request = Request {
-            method,
-            path,
-            forwarded_for: &lines,
-            source_address: source,
-        };
+        let request = Request { method, path, forwarded_for: &lines, source_address: source };
         println!("{}", describe(&config, &request, xff));
     };
     if args.positional.is_empty() {
@@ -64,11 +58,9 @@ fn describe(config: &Config, request: &Request<'_>, xff: Option<&str>) -> Value 
         RequestStep::Respond(redirect) => {
             ("redirected", Some(redirect.status), Some(redirect.location))
         }
-        RequestStep::Forward(plan) => (
-            "verify_upstream",
-            Some(plan.redirect_status),
-            Some(plan.location),
-        ),
+        RequestStep::Forward(plan) => {
+            ("verify_upstream", Some(plan.redirect_status), Some(plan.location))
+        }
         RequestStep::Pass(action) => (action.as_str(), None, None),
     };
     let source = match client {

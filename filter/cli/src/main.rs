@@ -2,6 +2,7 @@
 
 mod args;
 mod explain;
+mod ranges;
 
 use blobsteer_core::Config;
 use std::process::ExitCode;
@@ -13,6 +14,11 @@ usage:
   blobsteer explain --config CONFIG [--method M] [--path P] [--source ADDR] [XFF... | -]
       print, one JSON object per x-forwarded-for value, what the filter does with the request
       (XFF '-' reads one value per line from stdin; no XFF means the header is absent)
+  blobsteer ranges [--aws FILE] [--gcp FILE] [--azure FILE] --blob-url CLOUD=TEMPLATE...
+                   [--only CLOUD:REGION,...] [--exclude CLOUD:REGION,...]
+                   [--alias CLOUD:REGION=REGION...] [--prefer CLOUD:REGION...] [--base CONFIG]
+      write a filter configuration with one backend per region of the providers' range files
+      ({region} in a template is the region; AWS GLOBAL and GCP global are non-routable)
 ";
 
 fn main() -> ExitCode {
@@ -20,6 +26,7 @@ fn main() -> ExitCode {
     let result = match argv.first().map(String::as_str) {
         Some("check") => check(argv.get(1..).unwrap_or_default()),
         Some("explain") => explain::run(argv.get(1..).unwrap_or_default()),
+        Some("ranges") => ranges::run(argv.get(1..).unwrap_or_default()),
         Some("-h" | "--help" | "help") => {
             print!("{USAGE}");
             Ok(ExitCode::SUCCESS)
@@ -28,7 +35,7 @@ fn main() -> ExitCode {
             println!("blobsteer {}", env!("CARGO_PKG_VERSION"));
             Ok(ExitCode::SUCCESS)
         }
-        _ => Err(args::Usage("expected a command: check or explain".into())),
+        _ => Err(args::Usage("expected a command: check, explain or ranges".into())),
     };
     match result {
         Ok(code) => code,

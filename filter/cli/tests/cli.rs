@@ -1,10 +1,5 @@
 //! The `blobsteer` command, run as a user runs it.
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
-    clippy::indexing_slicing
-)]
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
 
 use serde_json::Value;
 use std::io::Write;
@@ -14,10 +9,7 @@ const BLOB: &str =
     "/v2/demo/hello/blobs/sha256:5d41402abc4b2a76b9719d911017c592b1b5f2c3d4e5f60718293a4b5c6d7e8f";
 
 fn testdata(name: &str) -> String {
-    format!(
-        "{}/../../testdata/config/{name}",
-        env!("CARGO_MANIFEST_DIR")
-    )
+    format!("{}/../../testdata/config/{name}", env!("CARGO_MANIFEST_DIR"))
 }
 
 fn blobsteer(args: &[&str], stdin: Option<&str>) -> Output {
@@ -29,8 +21,7 @@ fn blobsteer(args: &[&str], stdin: Option<&str>) -> Output {
         .spawn()
         .unwrap();
     let mut pipe = child.stdin.take().unwrap();
-    pipe.write_all(stdin.unwrap_or_default().as_bytes())
-        .unwrap();
+    pipe.write_all(stdin.unwrap_or_default().as_bytes()).unwrap();
     drop(pipe);
     child.wait_with_output().unwrap()
 }
@@ -71,9 +62,7 @@ fn check_lists_every_error_with_its_field() {
     }
     let typo = blobsteer(&["check", &testdata("bad-typo.json")], None);
     assert_eq!(typo.status.code(), Some(1));
-    assert!(String::from_utf8(typo.stderr)
-        .unwrap()
-        .contains("unknown field `blob_urls`"));
+    assert!(String::from_utf8(typo.stderr).unwrap().contains("unknown field `blob_urls`"));
 }
 
 #[test]
@@ -106,10 +95,7 @@ fn explain_prints_one_object_per_address() {
         got[0]["location"],
         "https://prod-registry-k8s-io-eu-west-3.s3.dualstack.eu-west-3.amazonaws.com/containers/images/sha256:5d41402abc4b2a76b9719d911017c592b1b5f2c3d4e5f60718293a4b5c6d7e8f"
     );
-    assert_eq!(
-        got[1]["backend"], "aws-ap-northeast-1",
-        "longest prefix wins inside GLOBAL"
-    );
+    assert_eq!(got[1]["backend"], "aws-ap-northeast-1", "longest prefix wins inside GLOBAL");
     assert_eq!(got[1]["prefix"], "15.193.1.0/24");
     assert_eq!(got[2]["backend"], Value::Null);
     assert_eq!(got[2]["non_routable"], true);
@@ -136,30 +122,14 @@ fn explain_reads_stdin_and_honours_method_path_and_source() {
     assert_eq!(got[2]["client_ip"], "44.192.9.9");
 
     // No x-forwarded-for at all: the config falls back to the connection's address.
-    let out = blobsteer(
-        &[
-            "explain",
-            "--config",
-            &config,
-            "--source",
-            "15.236.0.9:5555",
-        ],
-        None,
-    );
+    let out = blobsteer(&["explain", "--config", &config, "--source", "15.236.0.9:5555"], None);
     let got = lines(&out);
     assert_eq!(got[0]["xff"], Value::Null);
     assert_eq!(got[0]["client_ip_source"], "source.address");
     assert_eq!(got[0]["backend"], "aws-eu-west-3");
 
     let manifest = blobsteer(
-        &[
-            "explain",
-            "--config",
-            &config,
-            "--path",
-            "/v2/demo/manifests/1.0",
-            "15.236.0.9",
-        ],
+        &["explain", "--config", &config, "--path", "/v2/demo/manifests/1.0", "15.236.0.9"],
         None,
     );
     let got = lines(&manifest);
@@ -170,13 +140,7 @@ fn explain_reads_stdin_and_honours_method_path_and_source() {
 #[test]
 fn usage_errors_exit_2() {
     assert_eq!(blobsteer(&[], None).status.code(), Some(2));
-    assert_eq!(
-        blobsteer(&["explain", "--config"], None).status.code(),
-        Some(2)
-    );
-    assert_eq!(
-        blobsteer(&["explain", "--bogus", "x"], None).status.code(),
-        Some(2)
-    );
+    assert_eq!(blobsteer(&["explain", "--config"], None).status.code(), Some(2));
+    assert_eq!(blobsteer(&["explain", "--bogus", "x"], None).status.code(), Some(2));
     assert_eq!(blobsteer(&["check"], None).status.code(), Some(2));
 }

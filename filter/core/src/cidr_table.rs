@@ -25,9 +25,9 @@ pub struct CidrTable<T> {
 }
 
 impl<T> CidrTable<T> {
-    /// Builds the table. Prefixes must be distinct (the config rejects duplicates); if one is
-    /// repeated anyway, the later entry wins.
-    pub fn new(entries: Vec<Entry<T>>) -> Self {
+    /// Builds the table. A prefix listed twice makes the table ambiguous: the pairs of entry
+    /// indexes (first, repeated) are returned instead.
+    pub fn new(entries: Vec<Entry<T>>) -> Result<Self, Vec<(usize, usize)>> {
         let mut v4 = Vec::new();
         let mut v6 = Vec::new();
         for (index, entry) in entries.iter().enumerate() {
@@ -47,11 +47,14 @@ impl<T> CidrTable<T> {
                 }),
             }
         }
-        CidrTable {
-            entries,
-            v4: Ranges::flatten(v4),
-            v6: Ranges::flatten(v6),
+        let mut duplicates = Vec::new();
+        let v4 = Ranges::flatten(v4, &mut duplicates);
+        let v6 = Ranges::flatten(v6, &mut duplicates);
+        if !duplicates.is_empty() {
+            duplicates.sort_unstable_by_key(|&(_, repeated)| repeated);
+            return Err(duplicates);
         }
+        Ok(CidrTable { entries, v4, v6 })
     }
 
     /// The entry of the longest prefix containing `ip`, if any.
@@ -72,6 +75,20 @@ impl<T> CidrTable<T> {
     pub fn range_counts(&self) -> (usize, usize) {
         (self.v4.starts.len(), self.v6.starts.len())
     }
+}
+
+/// Parses `address/length` in canonical form or not (the caller checks host bits). Faster than
+/// the general parser of `ipnet`, which matters when every VM parses tens of thousands.
+pub fn parse_prefix(text: &str) -> Option<IpNet> {
+    let (address, length) = text.split_once('/')?;
+    let well_formed = (1..=3).contains(&length.len())
+        && length.bytes().all(|b| b.is_ascii_digit())
+        && (length == "0" || !length.starts_with('0'));
+    if !well_formed {
+        return None;
+    }
+    let length: u8 = length.parse().ok()?;
+    IpNet::new(address.parse().ok()?, length).ok()
 }
 
 fn index_u32(index: usize) -> u32 {
@@ -133,19 +150,22 @@ impl<B: Bits> Ranges<B> {
 
     /// Sweeps the prefixes in address order with a stack of the ones still open: the top of the
     /// stack is always the longest prefix covering the sweep position.
-    fn flatten(mut spans: Vec<Span<B>>) -> Self {
-        // Broader first at equal starts; for a repeated prefix, the later entry ends up on top.
-        spans.sort_by(|a, b| {
-            a.start
-                .cmp(&b.start)
-                .then(a.len.cmp(&b.len))
-                .then(a.index.cmp(&b.index))
+    /// Repeated prefixes are reported as (first, repeated) entry indexes in `duplicates`.
+    fn flatten(mut spans: Vec<Span<B>>, duplicates: &mut Vec<(usize, usize)>) -> Self {
+        // Broader first at equal starts; a repeated prefix sits right after its first listing.
+        spans.sort_unstable_by(|a, b| {
+            a.start.cmp(&b.start).then(a.len.cmp(&b.len)).then(a.index.cmp(&b.index))
         });
-        let mut out = Ranges {
-            starts: Vec::new(),
-            ends: Vec::new(),
-            owners: Vec::new(),
-        };
+        let mut listed_first: Option<Span<B>> = None;
+        for span in &spans {
+            match listed_first {
+                Some(first) if first.start == span.start && first.len == span.len => {
+                    duplicates.push((first.index as usize, span.index as usize));
+                }
+                _ => listed_first = Some(*span),
+            }
+        }
+        let mut out = Ranges { starts: Vec::new(), ends: Vec::new(), owners: Vec::new() };
         let mut open: Vec<Span<B>> = Vec::new();
         // Next address not yet assigned to a range; None once the sweep passed the last address.
         let mut cursor: Option<B> = None;
@@ -191,14 +211,15 @@ mod tests {
     use wasm_bindgen_test::wasm_bindgen_test as test;
 
     fn table(prefixes: &[&str]) -> CidrTable<usize> {
+        try_table(prefixes).unwrap()
+    }
+
+    fn try_table(prefixes: &[&str]) -> Result<CidrTable<usize>, Vec<(usize, usize)>> {
         CidrTable::new(
             prefixes
                 .iter()
                 .enumerate()
-                .map(|(i, p)| Entry {
-                    prefix: p.parse().unwrap(),
-                    target: i,
-                })
+                .map(|(i, p)| Entry { prefix: p.parse().unwrap(), target: i })
                 .collect(),
         )
     }
@@ -209,17 +230,9 @@ mod tests {
 
     #[test]
     fn longest_prefix_wins_and_gaps_fall_back_to_the_parent() {
-        let t = table(&[
-            "15.193.0.0/19",
-            "15.193.1.0/24",
-            "15.193.1.128/25",
-            "0.0.0.0/0",
-        ]);
+        let t = table(&["15.193.0.0/19", "15.193.1.0/24", "15.193.1.128/25", "0.0.0.0/0"]);
         assert_eq!(owner(&t, "15.193.1.5").as_deref(), Some("15.193.1.0/24"));
-        assert_eq!(
-            owner(&t, "15.193.1.200").as_deref(),
-            Some("15.193.1.128/25")
-        );
+        assert_eq!(owner(&t, "15.193.1.200").as_deref(), Some("15.193.1.128/25"));
         assert_eq!(owner(&t, "15.193.0.255").as_deref(), Some("15.193.0.0/19"));
         assert_eq!(owner(&t, "15.193.2.0").as_deref(), Some("15.193.0.0/19"));
         assert_eq!(owner(&t, "15.193.31.255").as_deref(), Some("15.193.0.0/19"));
@@ -242,20 +255,56 @@ mod tests {
         assert_eq!(owner(&t, "10.0.0.0").as_deref(), Some("10.0.0.0/8"));
         assert_eq!(owner(&t, "10.255.255.255").as_deref(), Some("10.0.0.0/8"));
         assert_eq!(owner(&t, "11.0.0.0"), None);
-        assert_eq!(
-            owner(&t, "255.255.255.255").as_deref(),
-            Some("255.255.255.255/32")
-        );
-        assert_eq!(
-            owner(&t, "2001:db8:1:ffff::").as_deref(),
-            Some("2001:db8:1::/48")
-        );
+        assert_eq!(owner(&t, "255.255.255.255").as_deref(), Some("255.255.255.255/32"));
+        assert_eq!(owner(&t, "2001:db8:1:ffff::").as_deref(), Some("2001:db8:1::/48"));
         assert_eq!(owner(&t, "2001:db8:2::").as_deref(), Some("2001:db8::/32"));
         assert_eq!(
             owner(&t, "ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff").as_deref(),
             Some("ffff::/16")
         );
         assert_eq!(owner(&t, "::").as_deref(), None);
+    }
+
+    #[test]
+    fn repeated_prefixes_are_reported_not_guessed() {
+        let got = try_table(&[
+            "10.0.0.0/8",
+            "10.0.0.0/16",
+            "2001:db8::/32",
+            "10.0.0.0/8",
+            "2001:db8::/32",
+        ]);
+        assert_eq!(got.unwrap_err(), [(0, 3), (2, 4)]);
+    }
+
+    #[test]
+    fn parses_prefixes_strictly() {
+        for good in
+            ["0.0.0.0/0", "10.0.0.0/8", "1.2.3.4/32", "2001:db8::/32", "::/0", "::ffff:1.2.3.0/120"]
+        {
+            assert_eq!(parse_prefix(good), Some(good.parse().unwrap()), "{good}");
+        }
+        assert_eq!(
+            parse_prefix("10.1.2.3/8").map(|p| p.to_string()).as_deref(),
+            Some("10.1.2.3/8")
+        );
+        for bad in [
+            "10.0.0.0",
+            "10.0.0.0/",
+            "10.0.0.0/33",
+            "10.0.0.0/08",
+            "10.0.0.0/+8",
+            "10.0.0/8",
+            "010.0.0.0/8",
+            "2001:db8::/129",
+            "2001:db8::/0032",
+            "/8",
+            "10.0.0.0/8/8",
+            " 10.0.0.0/8",
+            "10.0.0.0/ 8",
+        ] {
+            assert_eq!(parse_prefix(bad), None, "{bad}");
+        }
     }
 
     #[test]
@@ -285,10 +334,7 @@ mod tests {
         let mut probe = 0x09ff_ff00u32;
         while probe < 0x0b00_0100 {
             let ip = IpAddr::V4(probe.into());
-            let want = nets
-                .iter()
-                .filter(|n| n.contains(&ip))
-                .max_by_key(|n| n.prefix_len());
+            let want = nets.iter().filter(|n| n.contains(&ip)).max_by_key(|n| n.prefix_len());
             assert_eq!(t.lookup(ip).map(|e| e.prefix), want.copied(), "{ip}");
             probe = probe.wrapping_add(0x0000_0fed);
         }

@@ -45,11 +45,7 @@ impl ClientIpSettings {
             };
         }
         let wanted = usize::try_from(self.xff_num_trusted_hops).ok()?;
-        let entry = xff_lines
-            .iter()
-            .rev()
-            .flat_map(|line| line.rsplit(','))
-            .nth(wanted)?;
+        let entry = xff_lines.iter().rev().flat_map(|line| line.rsplit(',')).nth(wanted)?;
         parse_address(entry).map(|ip| (ip, ClientIpSource::ForwardedFor))
     }
 }
@@ -80,9 +76,7 @@ pub fn parse_address(text: &str) -> Option<IpAddr> {
 fn is_port(text: &str) -> bool {
     (1..=5).contains(&text.len())
         && text.bytes().all(|b| b.is_ascii_digit())
-        && text
-            .parse::<u32>()
-            .is_ok_and(|port| port <= u32::from(u16::MAX))
+        && text.parse::<u32>().is_ok_and(|port| port <= u32::from(u16::MAX))
 }
 
 #[cfg(test)]
@@ -96,10 +90,7 @@ mod tests {
     }
 
     fn settings(hops: u32) -> ClientIpSettings {
-        ClientIpSettings {
-            xff_num_trusted_hops: hops,
-            source_address_fallback: false,
-        }
+        ClientIpSettings { xff_num_trusted_hops: hops, source_address_fallback: false }
     }
 
     #[test]
@@ -152,20 +143,14 @@ mod tests {
         assert_eq!(s.client_ip(&["1.2.3.4,"], None), None);
         assert_eq!(s.client_ip(&[""], Some("1.2.3.4:5")), None);
         // Garbage further left than the trusted entry does not matter.
-        assert_eq!(
-            s.client_ip(&["garbage, 1.2.3.4"], None).map(|(ip, _)| ip),
-            Some(ip("1.2.3.4"))
-        );
+        assert_eq!(s.client_ip(&["garbage, 1.2.3.4"], None).map(|(ip, _)| ip), Some(ip("1.2.3.4")));
     }
 
     #[test]
     fn source_address_only_when_header_absent_and_enabled() {
         let off = settings(0);
         assert_eq!(off.client_ip(&[], Some("10.0.0.1:5555")), None);
-        let on = ClientIpSettings {
-            source_address_fallback: true,
-            ..settings(0)
-        };
+        let on = ClientIpSettings { source_address_fallback: true, ..settings(0) };
         assert_eq!(
             on.client_ip(&[], Some("[2001:db8::7]:5555")),
             Some((ip("2001:db8::7"), ClientIpSource::SourceAddress))

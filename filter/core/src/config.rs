@@ -3,11 +3,12 @@
 //! Every error names the field (`backends[1].cidrs[0]`) and the value, so a refused config says
 //! what to fix. Unknown keys are errors: a typo must not silently turn a feature off.
 
-use crate::cidr_table::{CidrTable, Entry};
+use crate::cidr_table::{parse_prefix, CidrTable, Entry};
 use crate::client_ip::ClientIpSettings;
 use crate::url_template::UrlTemplate;
 use ipnet::IpNet;
 use serde::Deserialize;
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::fmt;
 
@@ -53,19 +54,19 @@ pub struct BlobSettings {
 
 impl Default for BlobSettings {
     fn default() -> Self {
-        BlobSettings {
-            mode: BlobMode::Redirect,
-            redirect_status: 307,
-        }
+        BlobSettings { mode: BlobMode::Redirect, redirect_status: 307 }
     }
 }
 
+/// The document as written. Prefixes are borrowed from the input: a full table has tens of
+/// thousands, and each VM parses the configuration.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct RawConfig {
-    backends: Vec<RawBackend>,
-    #[serde(default)]
-    non_routable: Vec<String>,
+struct RawConfig<'a> {
+    #[serde(borrow)]
+    backends: Vec<RawBackend<'a>>,
+    #[serde(default, borrow)]
+    non_routable: Vec<Cow<'a, str>>,
     #[serde(default)]
     client_ip: ClientIpSettings,
     #[serde(default)]
@@ -76,10 +77,11 @@ struct RawConfig {
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct RawBackend {
+struct RawBackend<'a> {
     name: String,
     blob_url: String,
-    cidrs: Vec<String>,
+    #[serde(borrow)]
+    cidrs: Vec<Cow<'a, str>>,
     #[serde(default)]
     cluster: Option<String>,
 }
@@ -159,12 +161,13 @@ impl std::error::Error for ConfigErrors {}
 impl Config {
     /// Parses and validates the JSON configuration, reporting every problem at once.
     pub fn from_json(bytes: &[u8]) -> Result<Config, ConfigErrors> {
-        let document_error = |message: String| {
-            ConfigErrors(vec![ConfigError {
-                field: String::new(),
-                message,
-            }])
-        };
+        let document_error =
+            |message: String| ConfigErrors(vec![ConfigError { field: String::new(), message }]);
+        // The fast path parses without tracking paths; only a refused document is parsed again
+        // to name the field.
+        if let Ok(raw) = serde_json::from_slice::<RawConfig<'_>>(bytes) {
+            return Validator::default().validate(raw);
+        }
         let mut json = serde_json::Deserializer::from_slice(bytes);
         let raw: RawConfig = serde_path_to_error::deserialize(&mut json).map_err(|e| {
             let field = e.path().to_string();
@@ -211,16 +214,39 @@ impl Config {
 #[derive(Default)]
 struct Validator {
     errors: Vec<ConfigError>,
-    /// Where each prefix was first seen, to report duplicates with both places.
-    seen: HashMap<IpNet, String>,
+    /// Where each accepted prefix is, in the order of the table's entries.
+    places: Vec<Place>,
+}
+
+/// Where a prefix is in the document; turned into text only for an error message.
+#[derive(Debug, Clone, Copy)]
+enum Place {
+    Backend { backend: usize, cidr: usize },
+    NonRoutable(usize),
+}
+
+impl Place {
+    fn field(self) -> String {
+        match self {
+            Place::Backend { backend, cidr } => format!("backends[{backend}].cidrs[{cidr}]"),
+            Place::NonRoutable(i) => format!("non_routable[{i}]"),
+        }
+    }
+
+    fn text<'r>(self, raw: &'r RawConfig<'_>) -> &'r str {
+        let text = match self {
+            Place::Backend { backend, cidr } => {
+                raw.backends.get(backend).and_then(|b| b.cidrs.get(cidr))
+            }
+            Place::NonRoutable(i) => raw.non_routable.get(i),
+        };
+        text.map_or("", |t| t.as_ref())
+    }
 }
 
 impl Validator {
     fn error(&mut self, field: impl Into<String>, message: impl Into<String>) {
-        self.errors.push(ConfigError {
-            field: field.into(),
-            message: message.into(),
-        });
+        self.errors.push(ConfigError { field: field.into(), message: message.into() });
     }
 
     fn validate(mut self, raw: RawConfig) -> Result<Config, ConfigErrors> {
@@ -230,15 +256,12 @@ impl Validator {
         if raw.backends.is_empty() {
             self.error("backends", "at least one backend is required");
         }
-        for (index, backend) in raw.backends.into_iter().enumerate() {
+        for (index, backend) in raw.backends.iter().enumerate() {
             let at = format!("backends[{index}]");
             if let Some(first) = names.insert(backend.name.clone(), index) {
                 self.error(
                     format!("{at}.name"),
-                    format!(
-                        "{:?} is already the name of backends[{first}]",
-                        backend.name
-                    ),
+                    format!("{:?} is already the name of backends[{first}]", backend.name),
                 );
             }
             if !is_backend_name(&backend.name) {
@@ -251,37 +274,29 @@ impl Validator {
                 );
             }
             let blob_url = UrlTemplate::parse(&backend.blob_url).map_err(|e| {
-                self.error(
-                    format!("{at}.blob_url"),
-                    format!("{:?} {e}", backend.blob_url),
-                );
+                self.error(format!("{at}.blob_url"), format!("{:?} {e}", backend.blob_url));
             });
             if backend.cluster.as_deref().is_some_and(str::is_empty) {
                 self.error(format!("{at}.cluster"), "must not be empty when present");
             }
-            for (i, cidr) in backend.cidrs.iter().enumerate() {
-                let field = format!("{at}.cidrs[{i}]");
-                if let Some(prefix) = self.prefix(&field, cidr, &backend.name) {
-                    entries.push(Entry {
-                        prefix,
-                        target: Target::Backend(index),
-                    });
+            for (cidr, text) in backend.cidrs.iter().enumerate() {
+                if let Some(prefix) = self.prefix(Place::Backend { backend: index, cidr }, text) {
+                    entries.push(Entry { prefix, target: Target::Backend(index) });
+                    self.places.push(Place::Backend { backend: index, cidr });
                 }
             }
             if let Ok(blob_url) = blob_url {
                 backends.push(Backend {
-                    name: backend.name,
+                    name: backend.name.clone(),
                     blob_url,
-                    cluster: backend.cluster,
+                    cluster: backend.cluster.clone(),
                 });
             }
         }
-        for (i, cidr) in raw.non_routable.iter().enumerate() {
-            if let Some(prefix) = self.prefix(&format!("non_routable[{i}]"), cidr, "non_routable") {
-                entries.push(Entry {
-                    prefix,
-                    target: Target::NonRoutable,
-                });
+        for (i, text) in raw.non_routable.iter().enumerate() {
+            if let Some(prefix) = self.prefix(Place::NonRoutable(i), text) {
+                entries.push(Entry { prefix, target: Target::NonRoutable });
+                self.places.push(Place::NonRoutable(i));
             }
         }
         if !REDIRECT_STATUSES.contains(&raw.blobs.redirect_status) {
@@ -301,64 +316,62 @@ impl Validator {
                 );
             }
         }
+        let table = CidrTable::new(entries).map_err(|duplicates| {
+            for (first, repeated) in duplicates {
+                let (Some(first), Some(repeated)) =
+                    (self.places.get(first), self.places.get(repeated))
+                else {
+                    continue;
+                };
+                let owner = match *first {
+                    Place::Backend { backend, .. } => {
+                        raw.backends.get(backend).map_or("", |b| b.name.as_str())
+                    }
+                    Place::NonRoutable(_) => "non_routable",
+                };
+                let text = repeated.text(&raw);
+                let message = format!("{text} is already listed at {} ({owner})", first.field());
+                self.error(repeated.field(), message);
+            }
+        });
         if !self.errors.is_empty() {
             return Err(ConfigErrors(self.errors));
         }
         Ok(Config {
             backends,
-            table: CidrTable::new(entries),
-            client_ip: raw.client_ip,
-            blobs: raw.blobs,
-            decision_header: raw.decision_header,
+            table: table.map_err(|()| ConfigErrors(Vec::new()))?,
+            client_ip: raw.client_ip.clone(),
+            blobs: raw.blobs.clone(),
+            decision_header: raw.decision_header.clone(),
         })
     }
 
-    /// Parses one CIDR, insisting on the canonical form and on each prefix appearing once.
-    fn prefix(&mut self, field: &str, text: &str, owner: &str) -> Option<IpNet> {
-        let prefix = match text.parse::<IpNet>() {
-            Ok(prefix) => prefix,
-            Err(_) => {
-                self.error(
-                    field,
-                    format!("{text:?} is not a CIDR prefix such as 192.0.2.0/24 or 2001:db8::/32"),
-                );
-                return None;
-            }
+    /// Parses one CIDR, insisting on the canonical form (the table finds repeated prefixes).
+    fn prefix(&mut self, place: Place, text: &str) -> Option<IpNet> {
+        let Some(prefix) = parse_prefix(text) else {
+            let message =
+                format!("{text:?} is not a CIDR prefix such as 192.0.2.0/24 or 2001:db8::/32");
+            self.error(place.field(), message);
+            return None;
         };
         if prefix.trunc() != prefix {
-            self.error(
-                field,
-                format!(
-                    "{text:?} has host bits set (did you mean {}?)",
-                    prefix.trunc()
-                ),
-            );
+            let message = format!("{text:?} has host bits set (did you mean {}?)", prefix.trunc());
+            self.error(place.field(), message);
             return None;
         }
-        let place = format!("{field} ({owner})");
-        if let Some(first) = self.seen.get(&prefix) {
-            let message = format!("{text} is already listed at {first}");
-            self.error(field, message);
-            return None;
-        }
-        self.seen.insert(prefix, place);
         Some(prefix)
     }
 }
 
 fn is_backend_name(name: &str) -> bool {
     (1..=MAX_BACKEND_NAME_LEN).contains(&name.len())
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
 }
 
 fn is_header_name(name: &str) -> bool {
     !name.is_empty()
         && !name.starts_with('-')
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
 }
 
 #[cfg(test)]
@@ -392,10 +405,7 @@ mod tests {
         assert_eq!(config.blobs.mode, BlobMode::VerifyUpstream);
         assert_eq!(config.blobs.redirect_status, 302);
         assert_eq!(config.client_ip.xff_num_trusted_hops, 1);
-        assert_eq!(
-            config.decision_header.as_deref(),
-            Some("x-blobsteer-decision")
-        );
+        assert_eq!(config.decision_header.as_deref(), Some("x-blobsteer-decision"));
         assert_eq!(
             config.summary(),
             "2 backends, 3 prefixes (2 IPv4, 1 IPv6), 1 non-routable, blob mode verify_upstream"
@@ -408,13 +418,7 @@ mod tests {
             br#"{"backends": [{"name": "a", "blob_url": "https://a/{digest}", "cidrs": []}]}"#,
         )
         .unwrap();
-        assert_eq!(
-            config.blobs,
-            BlobSettings {
-                mode: BlobMode::Redirect,
-                redirect_status: 307
-            }
-        );
+        assert_eq!(config.blobs, BlobSettings { mode: BlobMode::Redirect, redirect_status: 307 });
         assert_eq!(config.client_ip, ClientIpSettings::default());
         assert_eq!(config.decision_header, None);
     }
@@ -438,13 +442,14 @@ mod tests {
             r#"backends[0].cidrs[2]: "15.237.0.0/15" has host bits set (did you mean 15.236.0.0/15?)"#,
             r#"backends[1].name: "eu" is already the name of backends[0]"#,
             r#"backends[1].blob_url: "https://x/{encoded}" must contain {digest}"#,
-            "backends[1].cidrs[0]: 15.236.0.0/15 is already listed at backends[0].cidrs[0] (eu)",
             r#"backends[2].name: "bad.name" must be 1 to 64 characters of [A-Za-z0-9_-] (it becomes part of stat names)"#,
             "backends[2].cluster: must not be empty when present",
             r#"backends[2].cidrs[0]: "10.0.0.1/8" has host bits set (did you mean 10.0.0.0/8?)"#,
-            "non_routable[0]: 15.236.0.0/15 is already listed at backends[0].cidrs[0] (eu)",
             "blobs.redirect_status: 200 is not a redirect status (one of 301, 302, 303, 307, 308)",
             r#"decision_header: "X-Decision" is not a lowercase HTTP header name ([a-z0-9-], not starting with '-')"#,
+            // Repeated prefixes come last, each against its first listing.
+            "backends[1].cidrs[0]: 15.236.0.0/15 is already listed at backends[0].cidrs[0] (eu)",
+            "non_routable[0]: 15.236.0.0/15 is already listed at backends[0].cidrs[0] (eu)",
         ];
         assert_eq!(got, want);
     }
@@ -475,17 +480,10 @@ mod tests {
         let top = r#"{"backends": [], "blob": {}}"#;
         assert!(errors(top).join("\n").contains("unknown field `blob`"));
         let mode = r#"{"backends": [], "blobs": {"mode": "redirects"}}"#;
-        assert!(errors(mode)
-            .join("\n")
-            .contains("unknown variant `redirects`"));
+        assert!(errors(mode).join("\n").contains("unknown variant `redirects`"));
         let hops = r#"{"backends": [], "client_ip": {"xff_num_trusted_hop": 1}}"#;
-        assert!(errors(hops)
-            .join("\n")
-            .contains("unknown field `xff_num_trusted_hop`"));
+        assert!(errors(hops).join("\n").contains("unknown field `xff_num_trusted_hop`"));
         assert!(errors(r#"{"backends": [}"#).join("\n").contains("line 1"));
-        assert_eq!(
-            errors(r#"{"backends": []}"#),
-            ["backends: at least one backend is required"]
-        );
+        assert_eq!(errors(r#"{"backends": []}"#), ["backends: at least one backend is required"]);
     }
 }

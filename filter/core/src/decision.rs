@@ -126,11 +126,8 @@ impl Action {
     ];
 
     /// Actions that are also counted per backend (`blobsteer.backend.<name>.<action>`).
-    pub const PER_BACKEND: [Action; 3] = [
-        Action::Redirected,
-        Action::LocationRewritten,
-        Action::PassedUpstreamAnswer,
-    ];
+    pub const PER_BACKEND: [Action; 3] =
+        [Action::Redirected, Action::LocationRewritten, Action::PassedUpstreamAnswer];
 
     /// The stat name of the action.
     pub fn as_str(self) -> &'static str {
@@ -219,25 +216,16 @@ impl ResponsePlan {
     /// Judges the upstream's status.
     pub fn decide(&self, status: u16) -> ResponseDecision {
         let (action, step) = if self.verify && status == 200 {
-            let redirect = Redirect {
-                status: self.redirect_status,
-                location: self.location.clone(),
-            };
+            let redirect =
+                Redirect { status: self.redirect_status, location: self.location.clone() };
             (Action::Redirected, ResponseStep::Respond(redirect))
         } else if REDIRECT_STATUSES.contains(&status) {
-            (
-                Action::LocationRewritten,
-                ResponseStep::RewriteLocation(self.location.clone()),
-            )
+            (Action::LocationRewritten, ResponseStep::RewriteLocation(self.location.clone()))
         } else {
             (Action::PassedUpstreamAnswer, ResponseStep::Pass)
         };
         let replaced = matches!(step, ResponseStep::Respond(_));
-        ResponseDecision {
-            action,
-            step,
-            zero_content_length: self.send_as_head && !replaced,
-        }
+        ResponseDecision { action, step, zero_content_length: self.send_as_head && !replaced }
     }
 }
 
@@ -253,32 +241,18 @@ impl Config {
         };
         match self.table().lookup(ip) {
             None => ClientMatch::Unmapped { ip, source },
-            Some(Entry {
-                prefix,
-                target: Target::NonRoutable,
-            }) => ClientMatch::NonRoutable {
-                ip,
-                source,
-                prefix: *prefix,
-            },
-            Some(Entry {
-                prefix,
-                target: Target::Backend(backend),
-            }) => ClientMatch::Backend {
-                ip,
-                source,
-                prefix: *prefix,
-                backend: *backend,
-            },
+            Some(Entry { prefix, target: Target::NonRoutable }) => {
+                ClientMatch::NonRoutable { ip, source, prefix: *prefix }
+            }
+            Some(Entry { prefix, target: Target::Backend(backend) }) => {
+                ClientMatch::Backend { ip, source, prefix: *prefix, backend: *backend }
+            }
         }
     }
 
     /// Decides what to do with a request, from its headers alone.
     pub fn decide_request(&self, request: &Request<'_>) -> Decision {
-        let pass = |action| Decision {
-            client: None,
-            step: RequestStep::Pass(action),
-        };
+        let pass = |action| Decision { client: None, step: RequestStep::Pass(action) };
         let RegistryPath::Blob { repository, digest } = RegistryPath::parse(request.path) else {
             return pass(Action::PassedNotBlob);
         };
@@ -315,10 +289,7 @@ impl Config {
                 }
             },
         };
-        Decision {
-            client: Some(client),
-            step,
-        }
+        Decision { client: Some(client), step }
     }
 
     /// The value of the optional decision header: `<action>; client=<ip>; prefix=<cidr>; backend=<name>`.
@@ -365,12 +336,7 @@ mod tests {
     }
 
     fn request<'a>(method: &'a str, path: &'a str, xff: &'a [&'a str]) -> Request<'a> {
-        Request {
-            method,
-            path,
-            forwarded_for: xff,
-            source_address: None,
-        }
+        Request { method, path, forwarded_for: xff, source_address: None }
     }
 
     #[test]
@@ -393,13 +359,9 @@ mod tests {
     fn longest_prefix_inside_non_routable_supernet_wins() {
         let c = config("redirect");
         let d = c.decide_request(&request("GET", BLOB, &["15.193.1.5"]));
-        let RequestStep::Respond(redirect) = d.step else {
-            panic!("{d:?}")
-        };
+        let RequestStep::Respond(redirect) = d.step else { panic!("{d:?}") };
         assert!(
-            redirect
-                .location
-                .starts_with("https://ap.example/demo/hello/0123"),
+            redirect.location.starts_with("https://ap.example/demo/hello/0123"),
             "{}",
             redirect.location
         );
@@ -411,18 +373,8 @@ mod tests {
     fn everything_else_passes_with_its_reason() {
         let c = config("redirect");
         let cases: [(&str, &str, &[&str], Action); 8] = [
-            (
-                "GET",
-                "/v2/demo/hello/manifests/1.0",
-                &["15.236.10.20"],
-                Action::PassedNotBlob,
-            ),
-            (
-                "GET",
-                "/v2/demo/blobs/sha256:ABC",
-                &["15.236.10.20"],
-                Action::PassedNotBlob,
-            ),
+            ("GET", "/v2/demo/hello/manifests/1.0", &["15.236.10.20"], Action::PassedNotBlob),
+            ("GET", "/v2/demo/blobs/sha256:ABC", &["15.236.10.20"], Action::PassedNotBlob),
             ("PUT", BLOB, &["15.236.10.20"], Action::PassedMethod),
             ("get", BLOB, &["15.236.10.20"], Action::PassedMethod),
             ("GET", BLOB, &[], Action::PassedNoClientIp),
@@ -436,8 +388,7 @@ mod tests {
         }
         let off = config("off");
         assert_eq!(
-            off.decide_request(&request("GET", BLOB, &["15.236.10.20"]))
-                .step,
+            off.decide_request(&request("GET", BLOB, &["15.236.10.20"])).step,
             RequestStep::Pass(Action::PassedBlobsOff)
         );
     }
@@ -446,22 +397,14 @@ mod tests {
     fn verify_upstream_forwards_then_judges_the_answer() {
         let c = config("verify_upstream");
         let d = c.decide_request(&request("GET", BLOB, &["2a05:d012::1"]));
-        let RequestStep::Forward(plan) = d.step else {
-            panic!("{d:?}")
-        };
+        let RequestStep::Forward(plan) = d.step else { panic!("{d:?}") };
         assert!(plan.verify && plan.send_as_head);
         let ok = plan.decide(200);
         assert_eq!(ok.action, Action::Redirected);
-        assert!(matches!(
-            ok.step,
-            ResponseStep::Respond(Redirect { status: 307, .. })
-        ));
+        assert!(matches!(ok.step, ResponseStep::Respond(Redirect { status: 307, .. })));
         assert!(!ok.zero_content_length);
         let moved = plan.decide(307);
-        assert_eq!(
-            moved.step,
-            ResponseStep::RewriteLocation(plan.location.clone())
-        );
+        assert_eq!(moved.step, ResponseStep::RewriteLocation(plan.location.clone()));
         assert!(moved.zero_content_length);
         for refused in [401, 403, 404, 500, 503] {
             let r = plan.decide(refused);
@@ -471,9 +414,7 @@ mod tests {
             );
         }
         let head = c.decide_request(&request("HEAD", BLOB, &["15.236.0.1"]));
-        let RequestStep::Forward(plan) = head.step else {
-            panic!()
-        };
+        let RequestStep::Forward(plan) = head.step else { panic!() };
         assert!(!plan.send_as_head);
         assert!(!plan.decide(401).zero_content_length);
     }

@@ -78,10 +78,7 @@ impl<'a> Digest<'a> {
         if encoded.len() != algorithm.encoded_len() {
             return Err(DigestError::WrongLength);
         }
-        if !encoded
-            .bytes()
-            .all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
-        {
+        if !encoded.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
             return Err(DigestError::NotLowercaseHex);
         }
         Ok(Digest { text, algorithm })
@@ -143,10 +140,7 @@ mod tests {
             (&sha512_short, DigestError::WrongLength),
             (&traversal, DigestError::NotLowercaseHex),
             (&crlf, DigestError::NotLowercaseHex),
-            (
-                "md5:d41d8cd98f00b204e9800998ecf8427e",
-                DigestError::UnsupportedAlgorithm,
-            ),
+            ("md5:d41d8cd98f00b204e9800998ecf8427e", DigestError::UnsupportedAlgorithm),
         ];
         for (text, want) in cases {
             assert_eq!(Digest::parse(text), Err(want), "{text:?}");

@@ -63,15 +63,9 @@ impl<'a> RegistryPath<'a> {
             },
             "manifests" => {
                 if let Ok(digest) = Digest::parse(last) {
-                    RegistryPath::Manifest {
-                        repository,
-                        reference: Reference::Digest(digest),
-                    }
+                    RegistryPath::Manifest { repository, reference: Reference::Digest(digest) }
                 } else if is_tag(last) {
-                    RegistryPath::Manifest {
-                        repository,
-                        reference: Reference::Tag(last),
-                    }
+                    RegistryPath::Manifest { repository, reference: Reference::Tag(last) }
                 } else {
                     RegistryPath::Other
                 }
@@ -149,17 +143,11 @@ mod tests {
             other => panic!("not a blob: {other:?}"),
         }
         let with_query = format!("/v2/a/blobs/sha256:{HEX}?ns=docker.io");
-        assert!(matches!(
-            RegistryPath::parse(&with_query),
-            RegistryPath::Blob { .. }
-        ));
+        assert!(matches!(RegistryPath::parse(&with_query), RegistryPath::Blob { .. }));
         let named_blobs = format!("/v2/x/blobs/y/blobs/sha256:{HEX}");
         assert!(matches!(
             RegistryPath::parse(&named_blobs),
-            RegistryPath::Blob {
-                repository: "x/blobs/y",
-                ..
-            }
+            RegistryPath::Blob { repository: "x/blobs/y", .. }
         ));
     }
 
@@ -167,18 +155,12 @@ mod tests {
     fn parses_manifest_references() {
         assert_eq!(
             RegistryPath::parse("/v2/demo/hello/manifests/1.0"),
-            RegistryPath::Manifest {
-                repository: "demo/hello",
-                reference: Reference::Tag("1.0")
-            }
+            RegistryPath::Manifest { repository: "demo/hello", reference: Reference::Tag("1.0") }
         );
         let by_digest = format!("/v2/demo/manifests/sha256:{HEX}");
         assert!(matches!(
             RegistryPath::parse(&by_digest),
-            RegistryPath::Manifest {
-                reference: Reference::Digest(_),
-                ..
-            }
+            RegistryPath::Manifest { reference: Reference::Digest(_), .. }
         ));
     }
 
@@ -218,21 +200,10 @@ mod tests {
 
     #[test]
     fn repository_grammar() {
-        for good in [
-            "a",
-            "a0",
-            "a.b",
-            "a_b",
-            "a__b",
-            "a---b",
-            "library/alpine",
-            "x/y/z-1.2",
-        ] {
+        for good in ["a", "a0", "a.b", "a_b", "a__b", "a---b", "library/alpine", "x/y/z-1.2"] {
             assert!(is_repository(good), "{good}");
         }
-        for bad in [
-            "", "/", "a/", "/a", ".a", "a.", "a..b", "a._b", "a___b", "a b", "A", "a:b",
-        ] {
+        for bad in ["", "/", "a/", "/a", ".a", "a.", "a..b", "a._b", "a___b", "a b", "A", "a:b"] {
             assert!(!is_repository(bad), "{bad}");
         }
     }

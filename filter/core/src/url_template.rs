@@ -66,10 +66,7 @@ impl UrlTemplate {
             .strip_prefix("https://")
             .or_else(|| text.strip_prefix("http://"))
             .ok_or(TemplateError::NotHttp)?;
-        let host = after_scheme
-            .split(['/', '?', '#'])
-            .next()
-            .unwrap_or_default();
+        let host = after_scheme.split(['/', '?', '#']).next().unwrap_or_default();
         if host.is_empty() || host.starts_with(':') || host.contains('@') {
             return Err(TemplateError::NotHttp);
         }
@@ -89,12 +86,9 @@ impl UrlTemplate {
                     if !literal.is_empty() {
                         pieces.push(Piece::Literal(literal.to_string()));
                     }
-                    let inner = brace
-                        .strip_prefix('{')
-                        .ok_or(TemplateError::UnbalancedBrace)?;
-                    let (name, after) = inner
-                        .split_once('}')
-                        .ok_or(TemplateError::UnbalancedBrace)?;
+                    let inner = brace.strip_prefix('{').ok_or(TemplateError::UnbalancedBrace)?;
+                    let (name, after) =
+                        inner.split_once('}').ok_or(TemplateError::UnbalancedBrace)?;
                     pieces.push(match name {
                         "digest" => Piece::Digest,
                         "algorithm" => Piece::Algorithm,
@@ -110,10 +104,7 @@ impl UrlTemplate {
         if !pieces.contains(&Piece::Digest) {
             return Err(TemplateError::MissingDigest);
         }
-        Ok(UrlTemplate {
-            text: text.to_string(),
-            pieces,
-        })
+        Ok(UrlTemplate { text: text.to_string(), pieces })
     }
 
     /// The URL of a blob. Both inputs are validated types or grammar-checked text, so the result
@@ -175,15 +166,9 @@ mod tests {
             ("https://x/{digest", TemplateError::UnbalancedBrace),
             ("https://x/digest}", TemplateError::UnbalancedBrace),
             ("https://x/{{digest}}", TemplateError::UnbalancedBrace),
-            (
-                "https://x/{region}/{digest}",
-                TemplateError::UnknownPlaceholder("region".into()),
-            ),
+            ("https://x/{region}/{digest}", TemplateError::UnknownPlaceholder("region".into())),
             ("https://{digest}.x/", TemplateError::PlaceholderInHost),
-            (
-                "https://x/{digest}\r\nSet-Cookie: a",
-                TemplateError::BadCharacter('\r'),
-            ),
+            ("https://x/{digest}\r\nSet-Cookie: a", TemplateError::BadCharacter('\r')),
             ("https://x/ {digest}", TemplateError::BadCharacter(' ')),
             ("https://x/é/{digest}", TemplateError::BadCharacter('é')),
         ];

@@ -45,10 +45,7 @@ impl HttpContext for PassThrough {}
 impl HttpFilter {
     /// A stream of the filter.
     pub fn new(filter: Rc<Filter>) -> Self {
-        HttpFilter {
-            filter,
-            pending: Pending::Nothing,
-        }
+        HttpFilter { filter, pending: Pending::Nothing }
     }
 
     fn config(&self) -> &Config {
@@ -57,10 +54,7 @@ impl HttpFilter {
 
     /// The decision header's value, only when an operator asked for it.
     fn describe(&self, action: Action, client: Option<&ClientMatch>) -> Option<String> {
-        self.config()
-            .decision_header
-            .as_ref()
-            .map(|_| self.config().describe(action, client))
+        self.config().decision_header.as_ref().map(|_| self.config().describe(action, client))
     }
 
     /// Answers the client with a redirect. On failure the stream simply continues upstream.
@@ -163,18 +157,14 @@ impl HttpFilter {
                     ResponseStep::Respond(redirect) => {
                         if self.respond(redirect.status, &redirect.location, description.as_deref())
                         {
-                            self.filter
-                                .metrics
-                                .count(decision.action, Some(plan.backend));
+                            self.filter.metrics.count(decision.action, Some(plan.backend));
                             return HostAction::Pause;
                         }
                         // Could not replace it: keep the upstream's answer, made whole for a GET.
                         if plan.send_as_head {
                             set_response_header("content-length", "0");
                         }
-                        self.filter
-                            .metrics
-                            .count(Action::PassedUpstreamAnswer, Some(plan.backend));
+                        self.filter.metrics.count(Action::PassedUpstreamAnswer, Some(plan.backend));
                         return HostAction::Continue;
                     }
                     ResponseStep::RewriteLocation(location) => {
@@ -185,9 +175,7 @@ impl HttpFilter {
                 if decision.zero_content_length {
                     set_response_header("content-length", "0");
                 }
-                self.filter
-                    .metrics
-                    .count(decision.action, Some(plan.backend));
+                self.filter.metrics.count(decision.action, Some(plan.backend));
                 if let Some(text) = description {
                     self.add_decision_header(&text);
                 }

@@ -46,10 +46,7 @@ impl Metrics {
                     .collect()
             })
             .collect();
-        Metrics {
-            actions,
-            per_backend,
-        }
+        Metrics { actions, per_backend }
     }
 
     /// Counts one action, and its backend's counter when there is one.
