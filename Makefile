@@ -8,7 +8,7 @@ PYTHON ?= python3
 WASM := target/wasm32-wasip1/release/blobsteer.wasm
 CLI := target/release/blobsteer
 
-.PHONY: all bootstrap build wasm cli run test unit wasm-test lint e2e clean
+.PHONY: all bootstrap build wasm cli run test unit wasm-test lint e2e ranges clean
 
 all: build
 
@@ -44,6 +44,10 @@ lint: bootstrap
 
 e2e: build
 	$(PYTHON) -m unittest discover -s scripts/e2e -v
+
+## ranges: a filter config from provider range files (see scripts/ranges for the variables)
+ranges: cli
+	scripts/ranges
 
 clean:
 	$(CARGO) clean
