@@ -129,7 +129,7 @@ fn addresses() -> &'static [IpAddr] {
 }
 
 /// One longest-prefix match on the full table.
-#[divan::bench]
+#[divan::bench(sample_size = 256)]
 fn lookup_full_table(bencher: divan::Bencher) {
     let table = full_config().table();
     let set = addresses();
@@ -141,7 +141,7 @@ fn lookup_full_table(bencher: divan::Bencher) {
 }
 
 /// One `x-forwarded-for` value parsed (three entries, the rightmost taken).
-#[divan::bench]
+#[divan::bench(sample_size = 256)]
 fn client_ip_from_xff(bencher: divan::Bencher) {
     let config = full_config();
     let lines: Vec<String> =
@@ -154,7 +154,7 @@ fn client_ip_from_xff(bencher: divan::Bencher) {
 }
 
 /// The whole request decision for a blob GET: path grammar, client IP, lookup, Location.
-#[divan::bench]
+#[divan::bench(sample_size = 256)]
 fn decide_blob_request(bencher: divan::Bencher) {
     let config = full_config();
     let lines: Vec<String> = addresses().iter().map(ToString::to_string).collect();

@@ -97,9 +97,11 @@ fn index_u32(index: usize) -> u32 {
 }
 
 /// An address family's integer form.
-trait Bits: Copy + Ord {
+trait Bits: Copy + Ord + Default {
     fn checked_next(self) -> Option<Self>;
     fn prev(self) -> Self;
+    /// The top 16 bits: the bucket of the first-level index.
+    fn bucket(self) -> usize;
 }
 
 impl Bits for u32 {
@@ -108,6 +110,9 @@ impl Bits for u32 {
     }
     fn prev(self) -> Self {
         self.saturating_sub(1)
+    }
+    fn bucket(self) -> usize {
+        (self >> 16) as usize
     }
 }
 
@@ -118,7 +123,16 @@ impl Bits for u128 {
     fn prev(self) -> Self {
         self.saturating_sub(1)
     }
+    fn bucket(self) -> usize {
+        (self >> 112) as usize
+    }
 }
+
+/// Buckets of the first-level index: one per value of the top 16 bits, plus an end marker.
+const BUCKETS: usize = (1 << 16) + 1;
+
+/// Below this many ranges a plain binary search is as fast, and the index (256 KiB) not worth it.
+const INDEXED_FROM: usize = 256;
 
 /// A prefix as an inclusive integer range.
 #[derive(Debug, Clone, Copy)]
@@ -130,16 +144,26 @@ struct Span<B> {
 }
 
 /// Disjoint, sorted ranges: `starts[i]..=ends[i]` belongs to entry `owners[i]`.
+///
+/// `buckets[h]` is the first range starting at or after bucket `h` (top 16 bits), so a lookup
+/// searches only the ranges that start in its own bucket, plus the one before them: a few
+/// probes instead of a search over the whole table.
 #[derive(Debug, Clone, Default)]
 struct Ranges<B> {
     starts: Vec<B>,
     ends: Vec<B>,
     owners: Vec<u32>,
+    buckets: Vec<u32>,
 }
 
 impl<B: Bits> Ranges<B> {
     fn find(&self, key: B) -> Option<u32> {
-        let after = self.starts.partition_point(|&start| start <= key);
+        let bucket = key.bucket();
+        let (low, high) = match (self.buckets.get(bucket), self.buckets.get(bucket + 1)) {
+            (Some(&low), Some(&high)) => (low as usize, high as usize),
+            _ => (0, self.starts.len()),
+        };
+        let after = low + self.starts.get(low..high)?.partition_point(|&start| start <= key);
         let i = after.checked_sub(1)?;
         if *self.ends.get(i)? >= key {
             self.owners.get(i).copied()
@@ -165,7 +189,7 @@ impl<B: Bits> Ranges<B> {
                 _ => listed_first = Some(*span),
             }
         }
-        let mut out = Ranges { starts: Vec::new(), ends: Vec::new(), owners: Vec::new() };
+        let mut out = Ranges::default();
         let mut open: Vec<Span<B>> = Vec::new();
         // Next address not yet assigned to a range; None once the sweep passed the last address.
         let mut cursor: Option<B> = None;
@@ -187,6 +211,16 @@ impl<B: Bits> Ranges<B> {
         }
         while let Some(top) = open.pop() {
             out.emit(&mut cursor, top.end, top.index);
+        }
+        if out.starts.len() >= INDEXED_FROM {
+            out.buckets = Vec::with_capacity(BUCKETS);
+            let mut next = 0;
+            for bucket in 0..BUCKETS {
+                while out.starts.get(next).is_some_and(|start| start.bucket() < bucket) {
+                    next += 1;
+                }
+                out.buckets.push(index_u32(next));
+            }
         }
         out
     }
@@ -314,12 +348,13 @@ mod tests {
         assert_eq!(t.range_counts(), (0, 0));
     }
 
-    /// The flattened table agrees with a brute-force longest match on a dense nested set.
+    /// The flattened table agrees with a brute-force longest match on a dense nested set, large
+    /// enough to be indexed.
     #[test]
     fn agrees_with_brute_force() {
         let mut prefixes = Vec::new();
-        for len in [8u8, 12, 16, 20, 24, 28, 32] {
-            for k in 0..6u32 {
+        for len in [8u8, 12, 16, 17, 20, 24, 28, 32] {
+            for k in 0..60u32 {
                 let addr = 0x0a00_0000u32
                     | (k.wrapping_mul(0x0012_3457)
                         & !u32::MAX.checked_shr(u32::from(len)).unwrap_or(0));
@@ -330,13 +365,57 @@ mod tests {
         prefixes.dedup();
         let refs: Vec<&str> = prefixes.iter().map(String::as_str).collect();
         let t = table(&refs);
+        assert!(t.range_counts().0 >= INDEXED_FROM, "{:?}", t.range_counts());
         let nets: Vec<IpNet> = refs.iter().map(|p| p.parse().unwrap()).collect();
-        let mut probe = 0x09ff_ff00u32;
-        while probe < 0x0b00_0100 {
-            let ip = IpAddr::V4(probe.into());
-            let want = nets.iter().filter(|n| n.contains(&ip)).max_by_key(|n| n.prefix_len());
-            assert_eq!(t.lookup(ip).map(|e| e.prefix), want.copied(), "{ip}");
-            probe = probe.wrapping_add(0x0000_0fed);
+        let mut probes: Vec<IpAddr> =
+            (0..0x1001u32).map(|i| IpAddr::V4((0x09ff_ff00 + i * 0x0fed).into())).collect();
+        for net in &nets {
+            if let IpNet::V4(n) = net {
+                for edge in [u32::from(n.network()), u32::from(n.broadcast())] {
+                    probes.extend(
+                        [edge.wrapping_sub(1), edge, edge.wrapping_add(1)]
+                            .map(|a| IpAddr::V4(a.into())),
+                    );
+                }
+            }
+        }
+        assert_brute_force(&t, &nets, &probes);
+    }
+
+    #[test]
+    fn agrees_with_brute_force_v6() {
+        let mut prefixes = Vec::new();
+        for len in [16u8, 20, 32, 33, 36, 48, 64, 128] {
+            for k in 0..50u128 {
+                let addr = (0x2600u128 << 112) | (k.wrapping_mul(0x0123_4567_89ab_cdef_0011) << 40);
+                let net = ipnet::Ipv6Net::new(addr.into(), len).unwrap().trunc();
+                prefixes.push(net.to_string());
+            }
+        }
+        prefixes.sort();
+        prefixes.dedup();
+        let refs: Vec<&str> = prefixes.iter().map(String::as_str).collect();
+        let t = table(&refs);
+        assert!(t.range_counts().1 >= INDEXED_FROM, "{:?}", t.range_counts());
+        let nets: Vec<IpNet> = refs.iter().map(|p| p.parse().unwrap()).collect();
+        let mut probes = Vec::new();
+        for net in &nets {
+            if let IpNet::V6(n) = net {
+                for edge in [u128::from(n.network()), u128::from(n.broadcast())] {
+                    probes.extend(
+                        [edge.wrapping_sub(1), edge, edge.wrapping_add(1)]
+                            .map(|a| IpAddr::V6(a.into())),
+                    );
+                }
+            }
+        }
+        assert_brute_force(&t, &nets, &probes);
+    }
+
+    fn assert_brute_force(t: &CidrTable<usize>, nets: &[IpNet], probes: &[IpAddr]) {
+        for ip in probes {
+            let want = nets.iter().filter(|n| n.contains(ip)).max_by_key(|n| n.prefix_len());
+            assert_eq!(t.lookup(*ip).map(|e| e.prefix), want.copied(), "{ip}");
         }
     }
 }
