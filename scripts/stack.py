@@ -554,6 +554,22 @@ class MirrorsProcess(ManagedProcess):
         """The access log of mirror `name`."""
         return self.run_dir / f"mirror-{name}-access.log"
 
+    def fault_flag(self, name: str, status: int) -> Path:
+        """While this file exists, mirror `name` answers every blob request with `status`."""
+        return self.run_dir / "mirrors" / f"{name}.fault-{status}"
+
+    def set_fault(self, name: str, status: int | None) -> None:
+        """Make mirror `name` answer every blob request with `status` (403 or 500), or serve
+        normally again (None). Takes effect at once: nginx checks the flag file per request."""
+        for code in self.FAULTS:
+            flag = self.fault_flag(name, code)
+            if code == status:
+                flag.touch()
+            else:
+                flag.unlink(missing_ok=True)
+
+    FAULTS = (403, 500)
+
     def command(self) -> list[str]:
         """Write nginx.conf and create the document roots."""
         (self.prefix / "tmp").mkdir(parents=True, exist_ok=True)
@@ -590,7 +606,12 @@ class MirrorsProcess(ManagedProcess):
             f"    root {self.root(name)};\n"
             f"    access_log {self.access_log(name)} combined;\n"
             '    location = /-/ready { access_log off; return 200 "ok\\n"; }\n'
-            "    location /containers/images/ { }\n"
+            "    location /containers/images/ {\n"
+            + "".join(
+                f"      if (-f {self.fault_flag(name, code)}) {{ return {code}; }}\n"
+                for code in self.FAULTS
+            )
+            + "    }\n"
             "    location / { return 404; }\n"
             "  }\n"
         )

@@ -50,7 +50,7 @@ pub fn run(argv: &[String]) -> Result<ExitCode, Usage> {
 
 /// One JSON object: the client as the filter sees it, and what the filter does.
 fn describe(config: &Config, request: &Request<'_>, xff: Option<&str>) -> Value {
-    let Decision { client, step } = config.decide_request(request);
+    let Decision { client, step, check } = config.decide_request(request);
     // The decision only looks at the client for blob downloads; show it for every request anyway.
     let client = client
         .unwrap_or_else(|| config.classify_client(request.forwarded_for, request.source_address));
@@ -84,5 +84,11 @@ fn describe(config: &Config, request: &Request<'_>, xff: Option<&str>) -> Value 
         "action": action,
         "status": status,
         "location": location,
+        // With a cluster, the filter first asks the mirror; absent, the request goes upstream.
+        "existence_check": check.map(|c| json!({
+            "cluster": c.cluster,
+            "head": format!("{}://{}{}", c.scheme, c.authority, c.path),
+            "if_absent": "passed_mirror_missing",
+        })),
     })
 }

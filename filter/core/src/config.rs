@@ -5,6 +5,7 @@
 
 use crate::cidr_table::{parse_prefix, CidrTable, Entry};
 use crate::client_ip::ClientIpSettings;
+use crate::existence::{self, ExistenceSettings};
 use crate::url_template::UrlTemplate;
 use ipnet::IpNet;
 use serde::Deserialize;
@@ -73,6 +74,8 @@ struct RawConfig<'a> {
     blobs: BlobSettings,
     #[serde(default)]
     decision_header: Option<String>,
+    #[serde(default)]
+    existence_check: ExistenceSettings,
 }
 
 #[derive(Debug, Deserialize)]
@@ -117,6 +120,8 @@ pub struct Config {
     pub blobs: BlobSettings,
     /// Response header naming the decision, when an operator wants to see it (lowercase).
     pub decision_header: Option<String>,
+    /// How backends with a `cluster` are checked for a blob before clients are sent there.
+    pub existence_check: ExistenceSettings,
 }
 
 /// One problem in a configuration.
@@ -308,6 +313,17 @@ impl Validator {
                 ),
             );
         }
+        let check = &raw.existence_check;
+        for (field, value, range) in [
+            ("existence_check.timeout_ms", check.timeout_ms, existence::TIMEOUT_MS),
+            ("existence_check.negative_ttl_s", check.negative_ttl_s, existence::NEGATIVE_TTL_S),
+            ("existence_check.cache_slots", check.cache_slots, existence::CACHE_SLOTS),
+        ] {
+            if !range.contains(&value) {
+                let message = format!("{value} is outside {}..={}", range.start(), range.end());
+                self.error(field, message);
+            }
+        }
         if let Some(header) = &raw.decision_header {
             if !is_header_name(header) {
                 self.error(
@@ -343,6 +359,7 @@ impl Validator {
             client_ip: raw.client_ip.clone(),
             blobs: raw.blobs.clone(),
             decision_header: raw.decision_header.clone(),
+            existence_check: raw.existence_check.clone(),
         })
     }
 
@@ -433,7 +450,8 @@ mod tests {
             ],
             "non_routable": ["15.236.0.0/15"],
             "blobs": {"redirect_status": 200},
-            "decision_header": "X-Decision"
+            "decision_header": "X-Decision",
+            "existence_check": {"timeout_ms": 0, "cache_slots": 2000000}
         }"#;
         let got = errors(bad);
         let want = [
@@ -446,6 +464,8 @@ mod tests {
             "backends[2].cluster: must not be empty when present",
             r#"backends[2].cidrs[0]: "10.0.0.1/8" has host bits set (did you mean 10.0.0.0/8?)"#,
             "blobs.redirect_status: 200 is not a redirect status (one of 301, 302, 303, 307, 308)",
+            "existence_check.timeout_ms: 0 is outside 1..=60000",
+            "existence_check.cache_slots: 2000000 is outside 1..=1048576",
             r#"decision_header: "X-Decision" is not a lowercase HTTP header name ([a-z0-9-], not starting with '-')"#,
             // Repeated prefixes come last, each against its first listing.
             "backends[1].cidrs[0]: 15.236.0.0/15 is already listed at backends[0].cidrs[0] (eu)",

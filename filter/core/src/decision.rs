@@ -6,6 +6,7 @@
 use crate::cidr_table::Entry;
 use crate::client_ip::ClientIpSource;
 use crate::config::{BlobMode, Config, Target, REDIRECT_STATUSES};
+use crate::existence::CheckRequest;
 use crate::registry_path::RegistryPath;
 use ipnet::IpNet;
 use std::fmt::Write;
@@ -109,11 +110,13 @@ pub enum Action {
     PassedNoBackend,
     /// The client address is in a non-routable prefix.
     PassedNonRoutable,
+    /// The client's mirror lacks the blob, or its check failed: the request went upstream.
+    PassedMirrorMissing,
 }
 
 impl Action {
     /// Every action, for defining stats up front.
-    pub const ALL: [Action; 9] = [
+    pub const ALL: [Action; 10] = [
         Action::Redirected,
         Action::LocationRewritten,
         Action::PassedUpstreamAnswer,
@@ -123,11 +126,16 @@ impl Action {
         Action::PassedNoClientIp,
         Action::PassedNoBackend,
         Action::PassedNonRoutable,
+        Action::PassedMirrorMissing,
     ];
 
     /// Actions that are also counted per backend (`blobsteer.backend.<name>.<action>`).
-    pub const PER_BACKEND: [Action; 3] =
-        [Action::Redirected, Action::LocationRewritten, Action::PassedUpstreamAnswer];
+    pub const PER_BACKEND: [Action; 4] = [
+        Action::Redirected,
+        Action::LocationRewritten,
+        Action::PassedUpstreamAnswer,
+        Action::PassedMirrorMissing,
+    ];
 
     /// The stat name of the action.
     pub fn as_str(self) -> &'static str {
@@ -141,6 +149,7 @@ impl Action {
             Action::PassedNoClientIp => "passed_no_client_ip",
             Action::PassedNoBackend => "passed_no_backend",
             Action::PassedNonRoutable => "passed_non_routable",
+            Action::PassedMirrorMissing => "passed_mirror_missing",
         }
     }
 }
@@ -172,6 +181,9 @@ pub struct Decision {
     pub client: Option<ClientMatch>,
     /// What happens next.
     pub step: RequestStep,
+    /// When the client's backend is checked before anyone is sent there: the check, whose
+    /// answer decides between `step` (present) and going upstream untouched (absent).
+    pub check: Option<CheckRequest>,
 }
 
 /// How to judge the upstream's answer to a forwarded blob request.
@@ -252,7 +264,7 @@ impl Config {
 
     /// Decides what to do with a request, from its headers alone.
     pub fn decide_request(&self, request: &Request<'_>) -> Decision {
-        let pass = |action| Decision { client: None, step: RequestStep::Pass(action) };
+        let pass = |action| Decision { client: None, step: RequestStep::Pass(action), check: None };
         let RegistryPath::Blob { repository, digest } = RegistryPath::parse(request.path) else {
             return pass(Action::PassedNotBlob);
         };
@@ -265,6 +277,7 @@ impl Config {
             return pass(Action::PassedBlobsOff);
         }
         let client = self.classify_client(request.forwarded_for, request.source_address);
+        let mut check = None;
         let step = match client {
             ClientMatch::NoClientIp => RequestStep::Pass(Action::PassedNoClientIp),
             ClientMatch::Unmapped { .. } => RequestStep::Pass(Action::PassedNoBackend),
@@ -273,6 +286,10 @@ impl Config {
                 None => RequestStep::Pass(Action::PassedNoBackend),
                 Some(b) => {
                     let location = b.blob_url.render(repository, digest);
+                    check = b.cluster.as_deref().and_then(|cluster| {
+                        let settings = &self.existence_check;
+                        CheckRequest::new(settings, cluster, &b.name, digest.as_str(), &location)
+                    });
                     match self.blobs.mode {
                         BlobMode::VerifyUpstream => RequestStep::Forward(ResponsePlan {
                             backend,
@@ -289,7 +306,7 @@ impl Config {
                 }
             },
         };
-        Decision { client: Some(client), step }
+        Decision { client: Some(client), step, check }
     }
 
     /// The value of the optional decision header: `<action>; client=<ip>; prefix=<cidr>; backend=<name>`.
@@ -353,6 +370,27 @@ mod tests {
             );
             assert_eq!(d.client.and_then(|c| c.backend()), Some(0));
         }
+    }
+
+    #[test]
+    fn a_backend_with_a_cluster_is_checked_first() {
+        let json = r#"{"backends": [{"name": "eu", "blob_url": "http://eu.example:81/b/{digest}", "cidrs": ["15.236.0.0/15"], "cluster": "mirror_eu"}],
+                       "existence_check": {"cache_slots": 8}}"#;
+        let c = Config::from_json(json.as_bytes()).unwrap();
+        let d = c.decide_request(&request("HEAD", BLOB, &["15.236.10.20"]));
+        let check = d.check.unwrap();
+        assert_eq!(
+            (check.cluster.as_str(), check.authority.as_str()),
+            ("mirror_eu", "eu.example:81")
+        );
+        assert_eq!(check.path, format!("/b/{}", &BLOB[21..]));
+        assert!(matches!(d.step, RequestStep::Respond(_)));
+        // No cluster, no check; no backend, no check.
+        assert_eq!(
+            config("redirect").decide_request(&request("GET", BLOB, &["15.236.10.20"])).check,
+            None
+        );
+        assert_eq!(c.decide_request(&request("GET", BLOB, &["1.1.1.1"])).check, None);
     }
 
     #[test]

@@ -9,6 +9,7 @@ pub mod client_ip;
 pub mod config;
 pub mod decision;
 pub mod digest;
+pub mod existence;
 pub mod ranges;
 pub mod registry_path;
 pub mod url_template;

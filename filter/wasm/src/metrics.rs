@@ -1,35 +1,72 @@
-//! blobsteer's Envoy stats: one counter per action, and per backend for the actions that have one.
+//! blobsteer's Envoy stats: one counter per action, per backend for the actions that have one,
+//! and the existence checks' counters.
 //!
-//! Envoy shows them as `wasmcustom.blobsteer.<action>` and
-//! `wasmcustom.blobsteer.backend.<name>.<action>` in `/stats`.
+//! Envoy shows them as `wasmcustom.blobsteer.<action>`,
+//! `wasmcustom.blobsteer.backend.<name>.<action>` and `wasmcustom.blobsteer.check.<event>` in
+//! `/stats`.
 
+use blobsteer_core::existence::CheckOutcome;
 use blobsteer_core::{Action, Config};
 use proxy_wasm::hostcalls;
 use proxy_wasm::types::MetricType;
+use std::collections::HashMap;
+
+/// What happened to an existence check, besides its outcome.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum CheckEvent {
+    /// A `HEAD` went to the mirror.
+    Sent,
+    /// A request waited for a check another request of this worker had sent.
+    Coalesced,
+    /// The cache knew the blob is on the mirror.
+    CachePresent,
+    /// The cache knew, recently, that the mirror lacks the blob.
+    CacheAbsent,
+    /// The check could not be sent (e.g. the cluster is not defined in Envoy).
+    NotSent,
+    /// The mirror answered (or did not), as classified.
+    Answer(CheckOutcome),
+}
+
+impl CheckEvent {
+    fn name(self) -> &'static str {
+        match self {
+            CheckEvent::Sent => "sent",
+            CheckEvent::Coalesced => "coalesced",
+            CheckEvent::CachePresent => "cache_present",
+            CheckEvent::CacheAbsent => "cache_absent",
+            CheckEvent::NotSent => "not_sent",
+            CheckEvent::Answer(outcome) => outcome.as_str(),
+        }
+    }
+
+    fn all() -> impl Iterator<Item = CheckEvent> {
+        [
+            CheckEvent::Sent,
+            CheckEvent::Coalesced,
+            CheckEvent::CachePresent,
+            CheckEvent::CacheAbsent,
+            CheckEvent::NotSent,
+        ]
+        .into_iter()
+        .chain(CheckOutcome::ALL.into_iter().map(CheckEvent::Answer))
+    }
+}
 
 /// Counter ids, defined once per VM when the configuration is accepted.
 pub struct Metrics {
-    actions: Vec<(Action, u32)>,
+    actions: HashMap<Action, u32>,
     /// For each backend, in configuration order, the ids of [`Action::PER_BACKEND`].
-    per_backend: Vec<Vec<(Action, u32)>>,
+    per_backend: Vec<HashMap<Action, u32>>,
+    checks: HashMap<CheckEvent, u32>,
 }
 
 impl Metrics {
     /// Defines every counter. A counter the host refuses is simply not counted.
     pub fn define(config: &Config) -> Metrics {
-        let define = |name: String, action: Action| match hostcalls::define_metric(
-            MetricType::Counter,
-            &name,
-        ) {
-            Ok(id) => Some((action, id)),
-            Err(status) => {
-                log::warn!("cannot define stat {name}: {status:?}");
-                None
-            }
-        };
         let actions = Action::ALL
             .iter()
-            .filter_map(|&action| define(format!("blobsteer.{}", action.as_str()), action))
+            .filter_map(|&a| define(format!("blobsteer.{}", a.as_str())).map(|id| (a, id)))
             .collect();
         let per_backend = config
             .backends()
@@ -37,26 +74,48 @@ impl Metrics {
             .map(|backend| {
                 Action::PER_BACKEND
                     .iter()
-                    .filter_map(|&action| {
-                        define(
-                            format!("blobsteer.backend.{}.{}", backend.name, action.as_str()),
-                            action,
-                        )
+                    .filter_map(|&a| {
+                        define(format!("blobsteer.backend.{}.{}", backend.name, a.as_str()))
+                            .map(|id| (a, id))
                     })
                     .collect()
             })
             .collect();
-        Metrics { actions, per_backend }
+        let checks = CheckEvent::all()
+            .filter_map(|e| define(format!("blobsteer.check.{}", e.name())).map(|id| (e, id)))
+            .collect();
+        Metrics { actions, per_backend, checks }
     }
 
     /// Counts one action, and its backend's counter when there is one.
     pub fn count(&self, action: Action, backend: Option<usize>) {
-        let backend_ids = backend.and_then(|b| self.per_backend.get(b));
-        let ids = self.actions.iter().chain(backend_ids.into_iter().flatten());
-        for &(_, id) in ids.filter(|(a, _)| *a == action) {
-            if let Err(status) = hostcalls::increment_metric(id, 1) {
-                log::debug!("cannot increment stat {id}: {status:?}");
-            }
+        let per_backend =
+            backend.and_then(|b| self.per_backend.get(b)).and_then(|ids| ids.get(&action));
+        for &id in self.actions.get(&action).into_iter().chain(per_backend) {
+            increment(id);
         }
+    }
+
+    /// Counts an existence-check event.
+    pub fn count_check(&self, event: CheckEvent) {
+        if let Some(&id) = self.checks.get(&event) {
+            increment(id);
+        }
+    }
+}
+
+fn define(name: String) -> Option<u32> {
+    match hostcalls::define_metric(MetricType::Counter, &name) {
+        Ok(id) => Some(id),
+        Err(status) => {
+            log::warn!("cannot define stat {name}: {status:?}");
+            None
+        }
+    }
+}
+
+fn increment(id: u32) {
+    if let Err(status) = hostcalls::increment_metric(id, 1) {
+        log::debug!("cannot increment stat {id}: {status:?}");
     }
 }

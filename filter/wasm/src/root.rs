@@ -46,7 +46,7 @@ impl RootContext for Root {
                     config.summary()
                 );
                 let metrics = Metrics::define(&config);
-                self.filter = Some(Rc::new(Filter { config, metrics }));
+                self.filter = Some(Rc::new(Filter::new(config, metrics)));
                 true
             }
             Err(errors) => {
@@ -58,9 +58,9 @@ impl RootContext for Root {
         }
     }
 
-    fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
+    fn create_http_context(&self, context_id: u32) -> Option<Box<dyn HttpContext>> {
         Some(match &self.filter {
-            Some(filter) => Box::new(HttpFilter::new(Rc::clone(filter))),
+            Some(filter) => Box::new(HttpFilter::new(context_id, Rc::clone(filter))),
             None => Box::new(PassThrough),
         })
     }
