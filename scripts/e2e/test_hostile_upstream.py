@@ -1,0 +1,130 @@
+"""Hostile answers from upstream: manifests that are invalid JSON, deeply nested, duplicate-keyed,
+50 MiB long, gzip-encoded, chunked with a trailer, or whose Content-Length lies. Envoy runs the
+filter in front of a crafted upstream on the registry's port; every answer must reach the client
+exactly as the upstream sends it directly, with no 5xx and no panic."""
+
+from __future__ import annotations
+
+import gzip
+import http.client
+import shutil
+import socket
+import threading
+import unittest
+
+from harness import RUN_ROOT, free_ports, stk
+
+MANIFEST = "application/vnd.oci.image.manifest.v1+json"
+HUGE = 50 * 1024 * 1024
+EU = "15.236.10.20"
+
+
+def body_response(body: bytes, *headers: str, status: str = "200 OK") -> bytes:
+    head = [f"HTTP/1.1 {status}", f"content-type: {MANIFEST}", f"content-length: {len(body)}", *headers]
+    return ("\r\n".join(head) + "\r\n\r\n").encode() + body
+
+
+ANSWERS = {
+    "invalid-json": body_response(b'{"schemaVersion": 2, "layers": [}'),
+    "deeply-nested": body_response(b"[" * 100_000 + b"]" * 100_000),
+    "duplicate-keys": body_response(b'{"schemaVersion": 2, "mediaType": "a", "mediaType": "b", "layers": []}'),
+    "gzip": body_response(gzip.compress(b'{"schemaVersion": 2, "layers": []}', mtime=0), "content-encoding: gzip"),
+    "chunked-trailer": (
+        f"HTTP/1.1 200 OK\r\ncontent-type: {MANIFEST}\r\ntransfer-encoding: chunked\r\ntrailer: x-checksum\r\n\r\n"
+        "10\r\n{\"schemaVersion\"\r\n5\r\n: 2}\n\r\n0\r\nx-checksum: 1\r\n\r\n"
+    ).encode(),
+    "length-lies": (
+        f"HTTP/1.1 200 OK\r\ncontent-type: {MANIFEST}\r\ncontent-length: 1000\r\nconnection: close\r\n\r\n"
+        '{"schemaVersion": 2}'
+    ).encode(),
+    "foreign-redirect": b"HTTP/1.1 307 Temporary Redirect\r\nlocation: https://elsewhere.example/x\r\ncontent-length: 0\r\n\r\n",
+}
+
+
+class CraftedUpstream:
+    """Answers `/v2/hostile/manifests/<name>` (and blobs) with the raw bytes of `ANSWERS[name]`,
+    or 50 MiB for `huge`, then closes the connection."""
+
+    def __init__(self, port: int):
+        self.sock = socket.create_server((stk.LOOPBACK, port))
+        self.sock.settimeout(0.1)
+        self.stopped = threading.Event()
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self) -> None:
+        while not self.stopped.is_set():
+            try:
+                conn, _ = self.sock.accept()
+            except TimeoutError:
+                continue
+            threading.Thread(target=self._answer, args=(conn,), daemon=True).start()
+
+    def _answer(self, conn: socket.socket) -> None:
+        with conn, conn.makefile("rb") as reader:
+            request_line = reader.readline().decode(errors="replace")
+            while reader.readline() not in (b"\r\n", b""):
+                pass
+            name = request_line.split(" ")[1].rpartition("/")[2] if " " in request_line else ""
+            try:
+                if name == "huge":
+                    conn.sendall(f"HTTP/1.1 200 OK\r\ncontent-type: {MANIFEST}\r\ncontent-length: {HUGE}\r\n\r\n".encode())
+                    chunk = b"[" * (1 << 20)
+                    for _ in range(HUGE // len(chunk)):
+                        conn.sendall(chunk)
+                else:
+                    conn.sendall(ANSWERS.get(name, body_response(b"", status="404 Not Found")))
+            except OSError:
+                pass
+
+    def close(self) -> None:
+        self.stopped.set()
+        self.thread.join()
+        self.sock.close()
+
+
+def fetch(port: int, path: str, xff: str | None) -> tuple[int, dict[str, str], bytes, str | None]:
+    """(status, headers, body read until the end or the break, the break's kind if any)."""
+    conn = http.client.HTTPConnection(stk.LOOPBACK, port, timeout=30)
+    try:
+        conn.request("GET", path, headers={"x-forwarded-for": xff} if xff else {})
+        response = conn.getresponse()
+        headers = {k.lower(): v for k, v in response.getheaders()}
+        try:
+            return response.status, headers, response.read(), None
+        except http.client.IncompleteRead as cut:
+            return response.status, headers, cut.partial, "incomplete"
+    finally:
+        conn.close()
+
+
+class HostileUpstreamTest(unittest.TestCase):
+    @classmethod
+    def setUpClass(cls):
+        run_dir = RUN_ROOT / cls.__name__
+        shutil.rmtree(run_dir, ignore_errors=True)
+        cls.stack = stk.Stack(run_dir, ports=free_ports())
+        cls.upstream = CraftedUpstream(cls.stack.ports.registry)
+        cls.addClassCleanup(cls.upstream.close)
+        cls.stack.start_envoy()
+        cls.addClassCleanup(cls.stack.stop)
+
+    def test_every_hostile_answer_reaches_the_client_as_sent(self):
+        envoy, direct = self.stack.ports.envoy, self.stack.ports.registry
+        backends = tuple(self.stack.url("mirror:" + name) + "/" for name in self.stack.ports.mirrors)
+        for name in [*ANSWERS, "huge"]:
+            for kind in ("manifests", "blobs"):
+                path = f"/v2/hostile/{kind}/{name}"
+                for xff in (EU, "198.51.100.7", None):
+                    with self.subTest(path=path, xff=xff):
+                        want = fetch(direct, path, None)
+                        got = fetch(envoy, path, xff)
+                        self.assertLess(got[0], 500)
+                        self.assertEqual((got[0], len(got[2]), got[2][:64]), (want[0], len(want[2]), want[2][:64]))
+                        self.assertEqual(got[2], want[2])
+                        self.assertEqual(got[3], want[3])
+                        location = got[1].get("location")
+                        self.assertTrue(location in (None, want[1].get("location")) or location.startswith(backends))
+        log = self.stack.envoy_log.read_text(errors="replace")
+        for sign in ("panicked", "Function: proxy_on", "wasm trap"):
+            self.assertNotIn(sign, log)
