@@ -8,7 +8,7 @@ PYTHON ?= python3
 WASM := target/wasm32-wasip1/release/blobsteer.wasm
 CLI := target/release/blobsteer
 
-.PHONY: all bootstrap build wasm cli run test unit wasm-test lint e2e ranges clean
+.PHONY: all bootstrap build wasm cli run test unit wasm-test lint e2e ranges soak clean
 
 all: build
 
@@ -48,6 +48,11 @@ e2e: build
 ## ranges: a filter config from provider range files (see scripts/ranges for the variables)
 ranges: cli
 	scripts/ranges
+
+## soak: the stack under saturating load for SOAK_SECONDS (default 180), watching Envoy's memory
+SOAK_SECONDS ?= 180
+soak: build
+	$(PYTHON) scripts/soak.py --seconds $(SOAK_SECONDS)
 
 clean:
 	$(CARGO) clean
