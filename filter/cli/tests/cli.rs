@@ -1,29 +1,20 @@
 //! The `blobsteer` command, run as a user runs it.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
 
+mod common;
+
 use serde_json::Value;
-use std::io::Write;
-use std::process::{Command, Output, Stdio};
+use std::process::Output;
 
 const BLOB: &str =
     "/v2/demo/hello/blobs/sha256:5d41402abc4b2a76b9719d911017c592b1b5f2c3d4e5f60718293a4b5c6d7e8f";
 
 fn testdata(name: &str) -> String {
-    format!("{}/../../testdata/config/{name}", env!("CARGO_MANIFEST_DIR"))
+    common::testdata(&format!("config/{name}"))
 }
 
 fn blobsteer(args: &[&str], stdin: Option<&str>) -> Output {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_blobsteer"))
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut pipe = child.stdin.take().unwrap();
-    pipe.write_all(stdin.unwrap_or_default().as_bytes()).unwrap();
-    drop(pipe);
-    child.wait_with_output().unwrap()
+    common::blobsteer(args, stdin.unwrap_or_default().as_bytes())
 }
 
 fn lines(output: &Output) -> Vec<Value> {

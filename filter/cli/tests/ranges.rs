@@ -4,10 +4,12 @@
 use ipnet::IpNet;
 use serde_json::Value;
 use std::collections::HashMap;
-use std::io::Write;
 use std::net::IpAddr;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::path::PathBuf;
+use std::process::Output;
+
+mod common;
+use common::{blobsteer, root, testdata};
 
 const TEMPLATES: [&str; 6] = [
     "--blob-url",
@@ -18,28 +20,8 @@ const TEMPLATES: [&str; 6] = [
     "azure=https://azure-{region}.example/containers/images/{digest}",
 ];
 
-fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
-
 fn fixture(name: &str) -> String {
-    root().join("testdata/ranges").join(name).display().to_string()
-}
-
-fn blobsteer(args: &[&str], stdin: &[u8]) -> Output {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_blobsteer"))
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut pipe = child.stdin.take().unwrap();
-    let input = stdin.to_vec();
-    let writer = std::thread::spawn(move || pipe.write_all(&input).unwrap());
-    let output = child.wait_with_output().unwrap();
-    writer.join().unwrap();
-    output
+    testdata(&format!("ranges/{name}"))
 }
 
 fn ranges(files: &[(&str, String)], extra: &[&str]) -> Output {
