@@ -3,6 +3,7 @@
 mod args;
 mod explain;
 mod ranges;
+mod rewrite;
 
 use blobsteer_core::Config;
 use std::process::ExitCode;
@@ -19,6 +20,10 @@ usage:
                    [--alias CLOUD:REGION=REGION...] [--prefer CLOUD:REGION...] [--base CONFIG]
       write a filter configuration with one backend per region of the providers' range files
       ({region} in a template is the region; AWS GLOBAL and GCP global are non-routable)
+  blobsteer rewrite --config CONFIG --backend NAME [--content-type TYPE] [--repository NAME]
+                    [--children OCI_BLOBS_DIR] [--max-bytes N] FILE|-
+      write the manifest a client of that backend gets for a tag request (the original bytes
+      where it is left untouched); on stderr, `sha256:<hex> rewritten` or `... unchanged: <why>`
 ";
 
 fn main() -> ExitCode {
@@ -27,6 +32,7 @@ fn main() -> ExitCode {
         Some("check") => check(argv.get(1..).unwrap_or_default()),
         Some("explain") => explain::run(argv.get(1..).unwrap_or_default()),
         Some("ranges") => ranges::run(argv.get(1..).unwrap_or_default()),
+        Some("rewrite") => rewrite::run(argv.get(1..).unwrap_or_default()),
         Some("-h" | "--help" | "help") => {
             print!("{USAGE}");
             Ok(ExitCode::SUCCESS)
@@ -35,7 +41,7 @@ fn main() -> ExitCode {
             println!("blobsteer {}", env!("CARGO_PKG_VERSION"));
             Ok(ExitCode::SUCCESS)
         }
-        _ => Err(args::Usage("expected a command: check, explain or ranges".into())),
+        _ => Err(args::Usage("expected a command: check, explain, ranges or rewrite".into())),
     };
     match result {
         Ok(code) => code,

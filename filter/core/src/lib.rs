@@ -10,6 +10,7 @@ pub mod config;
 pub mod decision;
 pub mod digest;
 pub mod existence;
+pub mod manifest;
 pub mod ranges;
 pub mod registry_path;
 pub mod url_template;

@@ -1,0 +1,349 @@
+//! Digest-safe manifest rewriting: blob descriptors gain the backend's URL in `urls`, so
+//! containerd and containers/image fetch layers straight from the client's mirror.
+//!
+//! The rewrite splices the original bytes: every byte the rewrite does not change stays where
+//! it was, so the same input and backend always give the same output, in every worker and every
+//! restart. Output format: each rewritten descriptor object gets one more member, written right
+//! after the value of its last member, without whitespace: `,"urls":["<url>"]`.
+//! An index keeps its bytes but for the `digest` and `size` of each child, which become those
+//! of the rewritten child; index entries never get `urls`.
+//!
+//! Anything that is not plainly an image manifest (or an index of them) is left untouched, with
+//! the reason: a digest-pinned or signed document must stay exactly as published.
+
+pub mod json;
+
+use crate::config::Backend;
+use crate::digest::Digest;
+use json::{JsonError, Node, Value};
+use sha2::{Digest as _, Sha256};
+use std::fmt::Write;
+
+/// OCI image manifest.
+pub const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
+/// OCI image index.
+pub const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
+/// Docker image manifest, schema 2.
+pub const DOCKER_MANIFEST: &str = "application/vnd.docker.distribution.manifest.v2+json";
+/// Docker manifest list.
+pub const DOCKER_LIST: &str = "application/vnd.docker.distribution.manifest.list.v2+json";
+/// Image configurations: a manifest whose config is anything else is an artifact.
+pub const IMAGE_CONFIGS: [&str; 2] =
+    ["application/vnd.oci.image.config.v1+json", "application/vnd.docker.container.image.v1+json"];
+
+/// What kind of document a manifest is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// An image manifest: its blob descriptors are rewritten.
+    Image,
+    /// An index or manifest list: its children are rewritten, then their digests and sizes.
+    Index,
+}
+
+/// Why a manifest is sent as it is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Untouched {
+    /// Larger than `manifests.max_bytes`.
+    TooLarge,
+    /// A `Content-Encoding` other than identity.
+    Encoded,
+    /// Not JSON, or ambiguous JSON (duplicate keys).
+    InvalidJson,
+    /// Nested deeper than [`json::MAX_DEPTH`].
+    TooDeep,
+    /// Schema 1 (signed) or an unknown `schemaVersion`.
+    Schema1,
+    /// Neither an image manifest nor an index, by `mediaType` and `Content-Type`.
+    NotImage,
+    /// The body's `mediaType` disagrees with the `Content-Type`.
+    MediaTypeMismatch,
+    /// It has a `subject`: a signature, SBOM or other referrer.
+    Subject,
+    /// An artifact: `artifactType`, or a config that is not an image configuration.
+    Artifact,
+    /// A descriptor whose digest fails the grammar, or that is not a descriptor at all.
+    BadDescriptor,
+    /// Every blob descriptor already has `urls` (foreign layers).
+    NothingToRewrite,
+    /// An index child could not be fetched or rewritten.
+    ChildUnavailable,
+}
+
+impl Untouched {
+    /// Every reason, for defining stats up front.
+    pub const ALL: [Untouched; 12] = [
+        Untouched::TooLarge,
+        Untouched::Encoded,
+        Untouched::InvalidJson,
+        Untouched::TooDeep,
+        Untouched::Schema1,
+        Untouched::NotImage,
+        Untouched::MediaTypeMismatch,
+        Untouched::Subject,
+        Untouched::Artifact,
+        Untouched::BadDescriptor,
+        Untouched::NothingToRewrite,
+        Untouched::ChildUnavailable,
+    ];
+
+    /// The stat name: `blobsteer.manifest.untouched.<name>`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Untouched::TooLarge => "too_large",
+            Untouched::Encoded => "encoded",
+            Untouched::InvalidJson => "invalid_json",
+            Untouched::TooDeep => "too_deep",
+            Untouched::Schema1 => "schema1",
+            Untouched::NotImage => "not_image",
+            Untouched::MediaTypeMismatch => "media_type_mismatch",
+            Untouched::Subject => "subject",
+            Untouched::Artifact => "artifact",
+            Untouched::BadDescriptor => "bad_descriptor",
+            Untouched::NothingToRewrite => "nothing_to_rewrite",
+            Untouched::ChildUnavailable => "child_unavailable",
+        }
+    }
+}
+
+/// A rewritten document and what identifies it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rewritten {
+    /// The new bytes.
+    pub bytes: Vec<u8>,
+    /// `sha256:<hex>` of the new bytes: the new `Docker-Content-Digest`.
+    pub digest: String,
+}
+
+impl Rewritten {
+    fn new(bytes: Vec<u8>) -> Self {
+        let digest = sha256_digest(&bytes);
+        Rewritten { bytes, digest }
+    }
+}
+
+/// `sha256:<hex>` of `bytes`.
+pub fn sha256_digest(bytes: &[u8]) -> String {
+    let mut text = String::with_capacity(71);
+    text.push_str("sha256:");
+    for byte in Sha256::digest(bytes) {
+        let _ = write!(text, "{byte:02x}");
+    }
+    text
+}
+
+/// A parsed manifest and what kind it is.
+#[derive(Debug)]
+pub struct Manifest<'a> {
+    bytes: &'a [u8],
+    root: Node,
+    /// Image or index.
+    pub kind: Kind,
+}
+
+/// Reads a manifest as served: its bytes, `Content-Type` and `Content-Encoding` headers.
+pub fn read<'a>(
+    bytes: &'a [u8],
+    content_type: Option<&str>,
+    content_encoding: Option<&str>,
+    max_bytes: usize,
+) -> Result<Manifest<'a>, Untouched> {
+    if bytes.len() > max_bytes {
+        return Err(Untouched::TooLarge);
+    }
+    if content_encoding.is_some_and(|e| !e.trim().eq_ignore_ascii_case("identity")) {
+        return Err(Untouched::Encoded);
+    }
+    let root = json::parse(bytes).map_err(|e| match e {
+        JsonError::TooDeep => Untouched::TooDeep,
+        JsonError::Syntax(_) | JsonError::DuplicateKey(_) => Untouched::InvalidJson,
+    })?;
+    if !matches!(root.value, Value::Object(_)) {
+        return Err(Untouched::InvalidJson);
+    }
+    match root.get("schemaVersion").map(|v| &v.value) {
+        Some(Value::Number(n)) if n == "2" => {}
+        _ => return Err(Untouched::Schema1),
+    }
+    let header = content_type.map(|t| t.split(';').next().unwrap_or_default().trim());
+    let body = match root.get("mediaType") {
+        None => None,
+        Some(node) => Some(node.as_str().ok_or(Untouched::NotImage)?),
+    };
+    let media_type = match (body, header) {
+        (Some(body), Some(header)) if body != header => return Err(Untouched::MediaTypeMismatch),
+        (Some(body), _) => body,
+        (None, Some(header)) => header,
+        (None, None) => return Err(Untouched::NotImage),
+    };
+    let kind = match media_type {
+        OCI_MANIFEST | DOCKER_MANIFEST => Kind::Image,
+        OCI_INDEX | DOCKER_LIST => Kind::Index,
+        _ => return Err(Untouched::NotImage),
+    };
+    if root.get("subject").is_some() {
+        return Err(Untouched::Subject);
+    }
+    if root.get("artifactType").is_some() {
+        return Err(Untouched::Artifact);
+    }
+    Ok(Manifest { bytes, root, kind })
+}
+
+impl Manifest<'_> {
+    /// An image manifest with `urls` added to every blob descriptor (config and layers) that has
+    /// none; `url` gives the backend's URL of a blob.
+    pub fn rewrite_image(
+        &self,
+        url: impl Fn(Digest<'_>) -> String,
+    ) -> Result<Rewritten, Untouched> {
+        if self.kind != Kind::Image {
+            return Err(Untouched::NotImage);
+        }
+        let config = self.root.get("config").ok_or(Untouched::BadDescriptor)?;
+        let config_type = config.get("mediaType").and_then(Node::as_str);
+        if !config_type.is_some_and(|t| IMAGE_CONFIGS.contains(&t)) {
+            return Err(Untouched::Artifact);
+        }
+        let layers = match self.root.get("layers").map(|l| &l.value) {
+            Some(Value::Array(layers)) => layers.as_slice(),
+            _ => return Err(Untouched::BadDescriptor),
+        };
+        let mut insertions: Vec<(usize, String)> = Vec::new();
+        for descriptor in std::iter::once(config).chain(layers) {
+            let digest = descriptor_digest(descriptor)?;
+            if descriptor.get("urls").is_some() {
+                continue;
+            }
+            let Value::Object(members) = &descriptor.value else {
+                return Err(Untouched::BadDescriptor);
+            };
+            // Right after the last member's value (or the opening brace): whitespace and the
+            // closing brace stay where they were.
+            let (at, separator) = match members.last() {
+                Some((_, last)) => (last.span.end, ","),
+                None => (descriptor.span.start + 1, ""),
+            };
+            let url = serde_json::to_string(&url(digest)).map_err(|_| Untouched::BadDescriptor)?;
+            insertions.push((at, format!("{separator}\"urls\":[{url}]")));
+        }
+        if insertions.is_empty() {
+            return Err(Untouched::NothingToRewrite);
+        }
+        Ok(Rewritten::new(splice(
+            self.bytes,
+            insertions.into_iter().map(|(at, text)| (at..at, text)),
+        )))
+    }
+
+    /// The children of an index, as `(digest, platform entry)` in document order.
+    pub fn children(&self) -> Result<Vec<Digest<'_>>, Untouched> {
+        self.index_entries()?.iter().map(descriptor_digest).collect()
+    }
+
+    /// An index whose children's `digest` and `size` are replaced by those of their rewritten
+    /// versions; `rewritten` answers for each original child digest.
+    pub fn rewrite_index(
+        &self,
+        rewritten: impl Fn(&str) -> Option<(String, usize)>,
+    ) -> Result<Rewritten, Untouched> {
+        let mut edits = Vec::new();
+        for entry in self.index_entries()? {
+            let digest = descriptor_digest(entry)?;
+            let (Some(digest_node), Some(size_node)) = (entry.get("digest"), entry.get("size"))
+            else {
+                return Err(Untouched::BadDescriptor);
+            };
+            let (new_digest, new_size) =
+                rewritten(digest.as_str()).ok_or(Untouched::ChildUnavailable)?;
+            edits.push((digest_node.span.clone(), format!("\"{new_digest}\"")));
+            edits.push((size_node.span.clone(), new_size.to_string()));
+        }
+        if edits.is_empty() {
+            return Err(Untouched::NothingToRewrite);
+        }
+        edits.sort_by_key(|(span, _)| span.start);
+        Ok(Rewritten::new(splice(self.bytes, edits.into_iter())))
+    }
+
+    fn index_entries(&self) -> Result<&[Node], Untouched> {
+        if self.kind != Kind::Index {
+            return Err(Untouched::NotImage);
+        }
+        match self.root.get("manifests").map(|m| &m.value) {
+            Some(Value::Array(entries)) => Ok(entries),
+            _ => Err(Untouched::BadDescriptor),
+        }
+    }
+}
+
+/// Manifests larger than this are sent untouched unless configured otherwise.
+pub const DEFAULT_MAX_BYTES: usize = 4 << 20;
+
+/// A child manifest of an index, as the upstream serves it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Child {
+    /// The body.
+    pub bytes: Vec<u8>,
+    /// Its `Content-Type`.
+    pub content_type: Option<String>,
+}
+
+/// What a tag request from a client of `backend` gets: the rewritten manifest, or why the
+/// original is sent. For an index, `child` fetches each child by digest; every child must come,
+/// hash to its digest and be rewritten, or the index is sent untouched.
+pub fn rewrite_for_backend(
+    backend: &Backend,
+    repository: &str,
+    bytes: &[u8],
+    content_type: Option<&str>,
+    content_encoding: Option<&str>,
+    max_bytes: usize,
+    child: impl Fn(&str) -> Option<Child>,
+) -> Result<Rewritten, Untouched> {
+    let url = |digest: Digest<'_>| backend.blob_url.render(repository, digest);
+    let manifest = read(bytes, content_type, content_encoding, max_bytes)?;
+    match manifest.kind {
+        Kind::Image => manifest.rewrite_image(url),
+        Kind::Index => {
+            let mut rewritten = Vec::new();
+            for digest in manifest.children()? {
+                let fetched = child(digest.as_str()).ok_or(Untouched::ChildUnavailable)?;
+                if sha256_digest(&fetched.bytes) != digest.as_str() {
+                    return Err(Untouched::ChildUnavailable);
+                }
+                let new = read(&fetched.bytes, fetched.content_type.as_deref(), None, max_bytes)
+                    .and_then(|m| m.rewrite_image(url))
+                    .map_err(|_| Untouched::ChildUnavailable)?;
+                rewritten.push((digest.as_str().to_string(), new));
+            }
+            manifest.rewrite_index(|old| {
+                rewritten
+                    .iter()
+                    .find(|(d, _)| d == old)
+                    .map(|(_, new)| (new.digest.clone(), new.bytes.len()))
+            })
+        }
+    }
+}
+
+/// The descriptor's digest, which must pass the grammar.
+fn descriptor_digest(descriptor: &Node) -> Result<Digest<'_>, Untouched> {
+    let text = descriptor.get("digest").and_then(Node::as_str).ok_or(Untouched::BadDescriptor)?;
+    Digest::parse(text).map_err(|_| Untouched::BadDescriptor)
+}
+
+/// `input` with each range (sorted, disjoint) replaced by its text.
+fn splice(input: &[u8], edits: impl Iterator<Item = (std::ops::Range<usize>, String)>) -> Vec<u8> {
+    let mut out = Vec::with_capacity(input.len() + 512);
+    let mut copied = 0;
+    for (range, text) in edits {
+        out.extend_from_slice(input.get(copied..range.start).unwrap_or_default());
+        out.extend_from_slice(text.as_bytes());
+        copied = range.end;
+    }
+    out.extend_from_slice(input.get(copied..).unwrap_or_default());
+    out
+}
+
+#[cfg(test)]
+mod tests;
