@@ -11,7 +11,7 @@ use proxy_wasm::traits::{Context, HttpContext};
 use proxy_wasm::types::{Action as HostAction, MapType};
 use std::borrow::Cow;
 use std::cell::RefCell;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::rc::Rc;
 use std::time::{Duration, UNIX_EPOCH};
 
@@ -25,6 +25,8 @@ pub struct Filter {
     checks: RefCell<HashMap<String, Vec<Waiter>>>,
     /// The answer each resolved waiter got, read back in its response phase.
     answers: RefCell<HashMap<u32, Known>>,
+    /// Clusters a check could not be sent to, already reported in the log (once per VM).
+    unusable_clusters: RefCell<HashSet<String>>,
 }
 
 /// A stream held until a check answers, with what it will do if the blob is there.
@@ -37,7 +39,13 @@ struct Waiter {
 impl Filter {
     /// The state shared by the streams of a VM.
     pub fn new(config: Config, metrics: Metrics) -> Self {
-        Filter { config, metrics, checks: RefCell::default(), answers: RefCell::default() }
+        Filter {
+            config,
+            metrics,
+            checks: RefCell::default(),
+            answers: RefCell::default(),
+            unusable_clusters: RefCell::default(),
+        }
     }
 
     /// The decision header's value, only when an operator asked for it.
@@ -258,10 +266,13 @@ impl HttpFilter {
                 HostAction::Pause
             }
             Err(status) => {
-                log::warn!(
-                    "cannot send the existence check to cluster {}: {status:?}",
-                    check.cluster
-                );
+                if filter.unusable_clusters.borrow_mut().insert(check.cluster.clone()) {
+                    log::error!(
+                        "cannot send existence checks to cluster {:?} ({status:?}): is it defined? \
+                         Clients of that backend go upstream until it is",
+                        check.cluster
+                    );
+                }
                 filter.metrics.count_check(CheckEvent::NotSent);
                 self.pass_mirror_missing(client)
             }
