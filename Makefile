@@ -8,7 +8,7 @@ PYTHON ?= python3
 WASM := target/wasm32-wasip1/release/blobsteer.wasm
 CLI := target/release/blobsteer
 
-.PHONY: all bootstrap build wasm cli run test unit wasm-test lint e2e ranges soak clean
+.PHONY: all bootstrap build wasm cli run test unit wasm-test lint e2e ranges soak bench clean
 
 all: build
 
@@ -48,6 +48,10 @@ e2e: build
 ## ranges: a filter config from provider range files (see scripts/ranges for the variables)
 ranges: cli
 	scripts/ranges
+
+## bench: the core's micro-benchmarks and the full provider table inside Envoy (about 3 minutes)
+bench: build
+	scripts/bench/all
 
 ## soak: the stack under saturating load for SOAK_SECONDS (default 180), watching Envoy's memory
 SOAK_SECONDS ?= 180
