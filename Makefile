@@ -8,7 +8,7 @@ PYTHON ?= python3
 WASM := target/wasm32-wasip1/release/blobsteer.wasm
 CLI := target/release/blobsteer
 
-.PHONY: all bootstrap build wasm cli run test unit wasm-test lint e2e ranges soak bench clean
+.PHONY: all bootstrap build wasm cli run test unit wasm-test lint e2e ranges soak bench fuzz clean
 
 all: build
 
@@ -52,6 +52,10 @@ ranges: cli
 ## bench: the core's micro-benchmarks and the full provider table inside Envoy (about 3 minutes)
 bench: build
 	scripts/bench/all
+
+## fuzz: every cargo-fuzz target for FUZZ_SECONDS each (default 60), regressions replayed first
+fuzz: bootstrap
+	scripts/fuzz
 
 ## soak: the stack under saturating load for SOAK_SECONDS (default 180), watching Envoy's memory
 SOAK_SECONDS ?= 180
