@@ -62,6 +62,8 @@ fn describe(config: &Config, request: &Request<'_>, xff: Option<&str>) -> Value 
             ("verify_upstream", Some(plan.redirect_status), Some(plan.location))
         }
         RequestStep::Pass(action) => (action.as_str(), None, None),
+        RequestStep::RewriteManifest(_) => ("rewrite_manifest", None, None),
+        RequestStep::LookupRewritten(_) => ("lookup_rewritten_digest", None, None),
     };
     let source = match client {
         ClientMatch::Unmapped { source, .. }

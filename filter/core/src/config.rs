@@ -6,6 +6,7 @@
 use crate::cidr_table::{parse_prefix, CidrTable, Entry};
 use crate::client_ip::ClientIpSettings;
 use crate::existence::{self, ExistenceSettings};
+use crate::manifest::{self, ManifestSettings};
 use crate::url_template::UrlTemplate;
 use ipnet::IpNet;
 use serde::Deserialize;
@@ -76,6 +77,8 @@ struct RawConfig<'a> {
     decision_header: Option<String>,
     #[serde(default)]
     existence_check: ExistenceSettings,
+    #[serde(default)]
+    manifests: ManifestSettings,
 }
 
 #[derive(Debug, Deserialize)]
@@ -122,6 +125,8 @@ pub struct Config {
     pub decision_header: Option<String>,
     /// How backends with a `cluster` are checked for a blob before clients are sent there.
     pub existence_check: ExistenceSettings,
+    /// Whether and how manifests of tag requests are rewritten.
+    pub manifests: ManifestSettings,
 }
 
 /// One problem in a configuration.
@@ -318,6 +323,8 @@ impl Validator {
             ("existence_check.timeout_ms", check.timeout_ms, existence::TIMEOUT_MS),
             ("existence_check.negative_ttl_s", check.negative_ttl_s, existence::NEGATIVE_TTL_S),
             ("existence_check.cache_slots", check.cache_slots, existence::CACHE_SLOTS),
+            ("manifests.max_bytes", raw.manifests.max_bytes, manifest::MAX_BYTES),
+            ("manifests.mapping_slots", raw.manifests.mapping_slots, manifest::MAPPING_SLOTS),
         ] {
             if !range.contains(&value) {
                 let message = format!("{value} is outside {}..={}", range.start(), range.end());
@@ -360,6 +367,7 @@ impl Validator {
             blobs: raw.blobs.clone(),
             decision_header: raw.decision_header.clone(),
             existence_check: raw.existence_check.clone(),
+            manifests: raw.manifests.clone(),
         })
     }
 

@@ -7,7 +7,7 @@ use crate::cidr_table::Entry;
 use crate::client_ip::ClientIpSource;
 use crate::config::{BlobMode, Config, Target, REDIRECT_STATUSES};
 use crate::existence::CheckRequest;
-use crate::registry_path::RegistryPath;
+use crate::registry_path::{Reference, RegistryPath};
 use ipnet::IpNet;
 use std::fmt::Write;
 use std::net::IpAddr;
@@ -112,11 +112,17 @@ pub enum Action {
     PassedNonRoutable,
     /// The client's mirror lacks the blob, or its check failed: the request went upstream.
     PassedMirrorMissing,
+    /// A manifest was rewritten for the client's backend.
+    ManifestRewritten,
+    /// A manifest was left as the upstream sent it (the reason has its own counter).
+    ManifestUntouched,
+    /// A digest the filter produced was served again from the original.
+    ManifestServedByDigest,
 }
 
 impl Action {
     /// Every action, for defining stats up front.
-    pub const ALL: [Action; 10] = [
+    pub const ALL: [Action; 13] = [
         Action::Redirected,
         Action::LocationRewritten,
         Action::PassedUpstreamAnswer,
@@ -127,14 +133,18 @@ impl Action {
         Action::PassedNoBackend,
         Action::PassedNonRoutable,
         Action::PassedMirrorMissing,
+        Action::ManifestRewritten,
+        Action::ManifestUntouched,
+        Action::ManifestServedByDigest,
     ];
 
     /// Actions that are also counted per backend (`blobsteer.backend.<name>.<action>`).
-    pub const PER_BACKEND: [Action; 4] = [
+    pub const PER_BACKEND: [Action; 5] = [
         Action::Redirected,
         Action::LocationRewritten,
         Action::PassedUpstreamAnswer,
         Action::PassedMirrorMissing,
+        Action::ManifestRewritten,
     ];
 
     /// The stat name of the action.
@@ -150,6 +160,9 @@ impl Action {
             Action::PassedNoBackend => "passed_no_backend",
             Action::PassedNonRoutable => "passed_non_routable",
             Action::PassedMirrorMissing => "passed_mirror_missing",
+            Action::ManifestRewritten => "manifest_rewritten",
+            Action::ManifestUntouched => "manifest_untouched",
+            Action::ManifestServedByDigest => "manifest_served_by_digest",
         }
     }
 }
@@ -172,6 +185,36 @@ pub enum RequestStep {
     Forward(ResponsePlan),
     /// Leave the request and its response untouched.
     Pass(Action),
+    /// A tag request of a client with a backend: rewrite the upstream's manifest for it.
+    RewriteManifest(ManifestPlan),
+    /// A manifest asked for by digest: if the filter produced that digest (its memory of it is
+    /// in the host), serve the rewrite of the original again; otherwise pass it untouched.
+    LookupRewritten(DigestLookup),
+}
+
+/// How to rewrite the manifest the upstream answers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ManifestPlan {
+    /// The backend whose URLs go into the manifest.
+    pub backend: usize,
+    /// The repository (for `{repository}` in blob URLs, and for fetching an index's children).
+    pub repository: String,
+    /// The client asked `HEAD`: the upstream is asked `GET` (the digest and length of the
+    /// rewritten body are needed) and the client gets the headers only.
+    pub send_as_get: bool,
+    /// For a digest request, the digest the rewritten bytes must have.
+    pub expect_digest: Option<String>,
+}
+
+/// A manifest request by digest, which may name a digest the filter produced.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DigestLookup {
+    /// The repository asked for.
+    pub repository: String,
+    /// The digest asked for.
+    pub digest: String,
+    /// Whether the client asked `HEAD`.
+    pub is_head: bool,
 }
 
 /// The decision on a request: who the client is, and what happens next.
@@ -265,8 +308,12 @@ impl Config {
     /// Decides what to do with a request, from its headers alone.
     pub fn decide_request(&self, request: &Request<'_>) -> Decision {
         let pass = |action| Decision { client: None, step: RequestStep::Pass(action), check: None };
-        let RegistryPath::Blob { repository, digest } = RegistryPath::parse(request.path) else {
-            return pass(Action::PassedNotBlob);
+        let (repository, digest) = match RegistryPath::parse(request.path) {
+            RegistryPath::Blob { repository, digest } => (repository, digest),
+            RegistryPath::Manifest { repository, reference } if self.manifests.rewrite => {
+                return self.decide_manifest(request, repository, reference);
+            }
+            _ => return pass(Action::PassedNotBlob),
         };
         let is_head = match request.method {
             "GET" => false,
@@ -307,6 +354,51 @@ impl Config {
             },
         };
         Decision { client: Some(client), step, check }
+    }
+
+    /// Manifest requests, with rewriting on.
+    fn decide_manifest(
+        &self,
+        request: &Request<'_>,
+        repository: &str,
+        reference: Reference<'_>,
+    ) -> Decision {
+        let is_head = match request.method {
+            "GET" => false,
+            "HEAD" => true,
+            _ => {
+                return Decision {
+                    client: None,
+                    step: RequestStep::Pass(Action::PassedMethod),
+                    check: None,
+                }
+            }
+        };
+        if let Reference::Digest(digest) = reference {
+            let lookup = DigestLookup {
+                repository: repository.to_string(),
+                digest: digest.as_str().to_string(),
+                is_head,
+            };
+            return Decision {
+                client: None,
+                step: RequestStep::LookupRewritten(lookup),
+                check: None,
+            };
+        }
+        let client = self.classify_client(request.forwarded_for, request.source_address);
+        let step = match client {
+            ClientMatch::NoClientIp => RequestStep::Pass(Action::PassedNoClientIp),
+            ClientMatch::Unmapped { .. } => RequestStep::Pass(Action::PassedNoBackend),
+            ClientMatch::NonRoutable { .. } => RequestStep::Pass(Action::PassedNonRoutable),
+            ClientMatch::Backend { backend, .. } => RequestStep::RewriteManifest(ManifestPlan {
+                backend,
+                repository: repository.to_string(),
+                send_as_get: is_head,
+                expect_digest: None,
+            }),
+        };
+        Decision { client: Some(client), step, check: None }
     }
 
     /// The value of the optional decision header: `<action>; client=<ip>; prefix=<cidr>; backend=<name>`.

@@ -86,7 +86,10 @@ impl CheckRequest {
             authority: authority.to_string(),
             path: path.to_string(),
             scheme,
-            cache_key: format!("blobsteer.exists.{}", slot(backend, digest, settings.cache_slots)),
+            cache_key: format!(
+                "blobsteer.exists.{}",
+                slot(&[backend, digest], settings.cache_slots)
+            ),
             entry_id: format!("{backend} {digest}"),
         })
     }
@@ -182,12 +185,15 @@ impl CheckOutcome {
     }
 }
 
-/// FNV-1a over backend and digest: the same slot in every worker and every restart.
-fn slot(backend: &str, digest: &str, slots: u32) -> u64 {
+/// FNV-1a over the parts (separated by NUL): the same slot in every worker and every restart.
+pub(crate) fn slot(parts: &[&str], slots: u32) -> u64 {
     let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-    for byte in backend.bytes().chain([0]).chain(digest.bytes()) {
-        hash ^= u64::from(byte);
-        hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
+    for (i, part) in parts.iter().enumerate() {
+        let separator = if i == 0 { None } else { Some(0u8) };
+        for byte in separator.into_iter().chain(part.bytes()) {
+            hash ^= u64::from(byte);
+            hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
+        }
     }
     hash % u64::from(slots.max(1))
 }

@@ -17,6 +17,6 @@ pub mod url_template;
 
 pub use config::{Backend, BlobMode, Config, ConfigError, ConfigErrors, Target};
 pub use decision::{
-    Action, ClientMatch, Decision, Request, RequestStep, ResponseDecision, ResponsePlan,
-    ResponseStep,
+    Action, ClientMatch, Decision, DigestLookup, ManifestPlan, Request, RequestStep,
+    ResponseDecision, ResponsePlan, ResponseStep,
 };

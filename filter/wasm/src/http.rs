@@ -1,6 +1,7 @@
 //! The per-stream context: reads the request, applies the core's decision, and, for backends
 //! with an existence check, holds the request until the mirror has said whether it has the blob.
 
+use crate::manifests::{ChildFetch, ManifestJob};
 use crate::metrics::{CheckEvent, Metrics};
 use blobsteer_core::existence::{CheckOutcome, CheckRequest, Known};
 use blobsteer_core::{
@@ -17,8 +18,8 @@ use std::time::{Duration, UNIX_EPOCH};
 
 /// What every stream of a VM shares.
 pub struct Filter {
-    config: Config,
-    metrics: Metrics,
+    pub(crate) config: Config,
+    pub(crate) metrics: Metrics,
     /// Checks in flight in this VM, by cache entry id: the streams waiting for the answer, the
     /// one that sent the check first. A second request for the same blob waits instead of
     /// sending its own `HEAD`.
@@ -49,7 +50,7 @@ impl Filter {
     }
 
     /// The decision header's value, only when an operator asked for it.
-    fn describe(&self, action: Action, client: Option<&ClientMatch>) -> Option<String> {
+    pub(crate) fn describe(&self, action: Action, client: Option<&ClientMatch>) -> Option<String> {
         self.config.decision_header.as_ref().map(|_| self.config.describe(action, client))
     }
 
@@ -99,6 +100,10 @@ impl Filter {
                 self.metrics.count(action, backend);
                 (HostAction::Continue, None)
             }
+            // Manifest steps are not blob steering; the stream handles them itself.
+            RequestStep::RewriteManifest(_) | RequestStep::LookupRewritten(_) => {
+                (HostAction::Continue, None)
+            }
         }
     }
 
@@ -128,14 +133,14 @@ impl Filter {
 /// A stream the filter acts on.
 pub struct HttpFilter {
     context_id: u32,
-    filter: Rc<Filter>,
-    pending: Pending,
+    pub(crate) filter: Rc<Filter>,
+    pub(crate) pending: Pending,
     /// The check this stream sent, while it has not answered.
     sent_check: Option<CheckRequest>,
 }
 
 /// What the response phase still has to do.
-enum Pending {
+pub(crate) enum Pending {
     Nothing,
     /// Add the decision header with this value.
     Describe(String),
@@ -149,6 +154,14 @@ enum Pending {
         step: RequestStep,
         client: ClientMatch,
     },
+    /// A manifest request whose answer may be rewritten.
+    Manifest(ManifestJob),
+    /// A manifest being read, headers held.
+    Buffering(ManifestJob),
+    /// An index whose children are being fetched, headers and body held.
+    Children(Box<ChildFetch>),
+    /// The client asked HEAD, the upstream was asked GET: the body must not reach the client.
+    DropBody,
 }
 
 /// Streams of a VM without a configuration (never reached: Envoy refuses such a filter).
@@ -199,6 +212,10 @@ impl HttpFilter {
         };
         let decision = config.decide_request(&request);
         match (decision.step, decision.client, decision.check) {
+            (RequestStep::RewriteManifest(plan), client, _) => {
+                self.start_manifest(plan, client, &headers)
+            }
+            (RequestStep::LookupRewritten(lookup), _, _) => self.lookup_rewritten(lookup, &headers),
             (RequestStep::Pass(action), client, _) => {
                 self.filter.metrics.count(action, client.as_ref().and_then(ClientMatch::backend));
                 if let Some(text) = self.filter.describe(action, client.as_ref()) {
@@ -318,6 +335,11 @@ impl HttpFilter {
                 HostAction::Continue
             }
             Pending::Blob { plan, client } => self.judge_response(plan, client),
+            Pending::Manifest(job) => self.manifest_headers(job),
+            pending @ (Pending::Buffering(_) | Pending::Children(_) | Pending::DropBody) => {
+                self.pending = pending;
+                HostAction::Continue
+            }
             Pending::Checking { step, client } => {
                 let known = self.filter.answers.borrow_mut().remove(&self.context_id);
                 match (known, step) {
@@ -381,12 +403,14 @@ impl HttpFilter {
 impl Context for HttpFilter {
     fn on_http_call_response(
         &mut self,
-        _token: u32,
+        token: u32,
         _headers: usize,
-        _body_size: usize,
+        body: usize,
         _trailers: usize,
     ) {
-        self.on_check_answer();
+        if !self.child_arrived(token, body) {
+            self.on_check_answer();
+        }
     }
 
     /// A stream that ends while its check is in flight takes the check with it (Envoy cancels
@@ -409,12 +433,12 @@ impl HttpContext for HttpFilter {
         self.on_request()
     }
 
-    fn on_http_response_headers(
-        &mut self,
-        _num_headers: usize,
-        _end_of_stream: bool,
-    ) -> HostAction {
+    fn on_http_response_headers(&mut self, _headers: usize, _end_of_stream: bool) -> HostAction {
         self.on_response()
+    }
+
+    fn on_http_response_body(&mut self, body_size: usize, end_of_stream: bool) -> HostAction {
+        self.manifest_body(body_size, end_of_stream)
     }
 }
 
@@ -438,12 +462,14 @@ fn source_address() -> Option<String> {
     }
 }
 
-fn response_status() -> Option<u16> {
+/// The response's `:status`.
+pub(crate) fn response_status() -> Option<u16> {
     let value = hostcalls::get_map_value_bytes(MapType::HttpResponseHeaders, ":status").ok()??;
     std::str::from_utf8(&value).ok()?.parse().ok()
 }
 
-fn set_response_header(name: &str, value: &str) {
+/// Sets a response header, logging (not failing) if the host refuses.
+pub(crate) fn set_response_header(name: &str, value: &str) {
     if let Err(status) = hostcalls::set_map_value(MapType::HttpResponseHeaders, name, Some(value)) {
         log::warn!("cannot set response header {name}: {status:?}");
     }

@@ -6,6 +6,7 @@
 //! and response as they were: the filter fails open.
 
 mod http;
+mod manifests;
 mod metrics;
 mod root;
 

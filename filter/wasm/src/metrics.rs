@@ -6,6 +6,7 @@
 //! `/stats`.
 
 use blobsteer_core::existence::CheckOutcome;
+use blobsteer_core::manifest::Untouched;
 use blobsteer_core::{Action, Config};
 use proxy_wasm::hostcalls;
 use proxy_wasm::types::MetricType;
@@ -59,6 +60,8 @@ pub struct Metrics {
     /// For each backend, in configuration order, the ids of [`Action::PER_BACKEND`].
     per_backend: Vec<HashMap<Action, u32>>,
     checks: HashMap<CheckEvent, u32>,
+    /// `blobsteer.manifest.untouched.<reason>`; `None` is an upstream answer other than 200.
+    untouched: HashMap<Option<Untouched>, u32>,
 }
 
 impl Metrics {
@@ -84,7 +87,15 @@ impl Metrics {
         let checks = CheckEvent::all()
             .filter_map(|e| define(format!("blobsteer.check.{}", e.name())).map(|id| (e, id)))
             .collect();
-        Metrics { actions, per_backend, checks }
+        let untouched = Untouched::ALL
+            .iter()
+            .map(|&reason| (Some(reason), reason.as_str()))
+            .chain([(None, "upstream_status")])
+            .filter_map(|(reason, name)| {
+                define(format!("blobsteer.manifest.untouched.{name}")).map(|id| (reason, id))
+            })
+            .collect();
+        Metrics { actions, per_backend, checks, untouched }
     }
 
     /// Counts one action, and its backend's counter when there is one.
@@ -92,6 +103,14 @@ impl Metrics {
         let per_backend =
             backend.and_then(|b| self.per_backend.get(b)).and_then(|ids| ids.get(&action));
         for &id in self.actions.get(&action).into_iter().chain(per_backend) {
+            increment(id);
+        }
+    }
+
+    /// Counts a manifest sent as the upstream sent it, and why.
+    pub fn count_untouched(&self, reason: Option<Untouched>, backend: Option<usize>) {
+        self.count(Action::ManifestUntouched, backend);
+        if let Some(&id) = self.untouched.get(&reason) {
             increment(id);
         }
     }

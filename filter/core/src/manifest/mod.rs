@@ -112,12 +112,14 @@ pub struct Rewritten {
     pub bytes: Vec<u8>,
     /// `sha256:<hex>` of the new bytes: the new `Docker-Content-Digest`.
     pub digest: String,
+    /// For an index: each child's original digest and the digest of its rewrite.
+    pub children: Vec<(String, String)>,
 }
 
 impl Rewritten {
     fn new(bytes: Vec<u8>) -> Self {
         let digest = sha256_digest(&bytes);
-        Rewritten { bytes, digest }
+        Rewritten { bytes, digest, children: Vec::new() }
     }
 }
 
@@ -279,6 +281,81 @@ impl Manifest<'_> {
 /// Manifests larger than this are sent untouched unless configured otherwise.
 pub const DEFAULT_MAX_BYTES: usize = 4 << 20;
 
+/// The `manifests` section.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ManifestSettings {
+    /// Rewrite manifests of tag requests for clients that match a backend (off by default).
+    pub rewrite: bool,
+    /// Larger manifests are sent untouched; Envoy's buffer limit must allow this much.
+    pub max_bytes: u32,
+    /// Slots of the rewritten-digest memory shared by all workers (about 300 bytes each).
+    pub mapping_slots: u32,
+}
+
+impl Default for ManifestSettings {
+    fn default() -> Self {
+        ManifestSettings {
+            rewrite: false,
+            max_bytes: DEFAULT_MAX_BYTES as u32,
+            mapping_slots: 16_384,
+        }
+    }
+}
+
+/// Limits of `max_bytes`.
+pub const MAX_BYTES: std::ops::RangeInclusive<u32> = 1024..=(64 << 20);
+/// Limits of `mapping_slots`.
+pub const MAPPING_SLOTS: std::ops::RangeInclusive<u32> = 1..=1_048_576;
+
+/// What the filter remembers of a digest it produced, so `/manifests/<new digest>` resolves:
+/// the upstream is asked for `original` and its answer rewritten for `backend` again.
+///
+/// Kept in Envoy shared data, direct-mapped like the existence cache: `mapping_slots` keys
+/// `blobsteer.manifest.<slot>`, a new entry replacing whatever held its slot. A forgotten
+/// digest is passed to the upstream, which does not know it: the registry's own 404.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Mapping {
+    /// The digest the filter produced.
+    pub digest: String,
+    /// The backend whose URLs the rewrite added.
+    pub backend: String,
+    /// The repository the manifest came from.
+    pub repository: String,
+    /// The upstream's digest of the original manifest.
+    pub original: String,
+}
+
+impl Mapping {
+    /// The shared-data key of the slot for `digest`.
+    pub fn key(digest: &str, slots: u32) -> String {
+        format!("blobsteer.manifest.{}", crate::existence::slot(&[digest], slots))
+    }
+
+    /// The slot's value.
+    pub fn encode(&self) -> Vec<u8> {
+        format!("{} {} {} {}", self.digest, self.backend, self.repository, self.original)
+            .into_bytes()
+    }
+
+    /// The mapping of `digest` in a slot's value, if the slot holds it.
+    pub fn decode(value: Option<&[u8]>, digest: &str) -> Option<Mapping> {
+        let text = std::str::from_utf8(value?).ok()?;
+        let mut parts = text.split(' ');
+        let (found, backend, repository, original) =
+            (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
+        if found != digest || parts.next().is_some() || Digest::parse(original).is_err() {
+            return None;
+        }
+        Some(Mapping {
+            digest: digest.to_string(),
+            backend: backend.to_string(),
+            repository: repository.to_string(),
+            original: original.to_string(),
+        })
+    }
+}
+
 /// A child manifest of an index, as the upstream serves it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Child {
@@ -316,12 +393,14 @@ pub fn rewrite_for_backend(
                     .map_err(|_| Untouched::ChildUnavailable)?;
                 rewritten.push((digest.as_str().to_string(), new));
             }
-            manifest.rewrite_index(|old| {
+            let mut index = manifest.rewrite_index(|old| {
                 rewritten
                     .iter()
                     .find(|(d, _)| d == old)
                     .map(|(_, new)| (new.digest.clone(), new.bytes.len()))
-            })
+            })?;
+            index.children = rewritten.into_iter().map(|(old, new)| (old, new.digest)).collect();
+            Ok(index)
         }
     }
 }

@@ -151,3 +151,19 @@ fn sha256_known_answers() {
         "sha256:ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
     );
 }
+
+#[test]
+fn mappings_round_trip_and_refuse_other_digests() {
+    let m = Mapping {
+        digest: sha256_digest(b"new"),
+        backend: "eu".into(),
+        repository: "demo/hello".into(),
+        original: sha256_digest(b"old"),
+    };
+    let value = m.encode();
+    assert_eq!(Mapping::decode(Some(&value), &m.digest), Some(m.clone()));
+    assert_eq!(Mapping::decode(Some(&value), &sha256_digest(b"other")), None);
+    assert_eq!(Mapping::decode(Some(b"garbage"), &m.digest), None);
+    assert_eq!(Mapping::decode(None, &m.digest), None);
+    assert!(Mapping::key(&m.digest, 16).starts_with("blobsteer.manifest."));
+}
