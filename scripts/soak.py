@@ -4,7 +4,8 @@
 `python3 scripts/soak.py [--seconds 180] [--connections 32] [--concurrency 2]` (`make soak`).
 wrk cycles through a mix of requests on the main listener: blob redirects for clients of each
 mapped region (existence checks cached), blob requests the mirrors lack (checked, then sent
-upstream), pass-through of manifests, and requests from unmapped or garbage addresses. Envoy's
+upstream), manifest rewrites of the multi-arch tag (the index and its two children fetched and
+rewritten), pass-through of pinned manifests, and requests from unmapped or garbage addresses. Envoy's
 resident memory is sampled every few seconds; the run fails if any request fails (a non-2xx/3xx
 answer or a socket error) or if memory keeps growing after the warm-up.
 """
@@ -36,6 +37,7 @@ def request_mix(s: stk.Stack) -> list[tuple[str, str]]:
     mix = [(f"/v2/{stk.REPOSITORY}/blobs/{d}", xff) for d in blobs for xff in mapped]
     mix += [(f"/v2/{stk.REPOSITORY}/blobs/{missing}", mapped[0])] * 2
     mix += [(f"/v2/{stk.REPOSITORY}/manifests/{image.manifests['linux/amd64'].digest}", xff) for xff in mapped]
+    mix += [(f"/v2/{stk.REPOSITORY}/manifests/{stk.TAG}", xff) for xff in mapped]  # index rewrites
     mix += [(f"/v2/{stk.REPOSITORY}/blobs/{blobs[0]}", "198.51.100.7"), (f"/v2/{stk.REPOSITORY}/manifests/1.0", "not-an-ip")]
     return mix
 
@@ -52,7 +54,7 @@ local i = 0
 request = function()
   i = i % #mix + 1
   return wrk.format("GET", mix[i][1], {{["x-forwarded-for"] = mix[i][2],
-    ["accept"] = "application/vnd.oci.image.manifest.v1+json"}})
+    ["accept"] = "application/vnd.oci.image.manifest.v1+json, application/vnd.oci.image.index.v1+json"}})
 end
 local unexpected = 0
 response = function(status, headers, body)
@@ -79,7 +81,8 @@ def main() -> int:
     run_dir = stk.REPO_ROOT / ".run" / "soak"
     # Its own ports by default, so a soak can run beside `make run`.
     ports = stk.Ports.from_env({"BLOBSTEER_BASE_PORT": "18200", **os.environ})
-    with stk.Stack(run_dir, ports=ports, envoy_concurrency=args.concurrency) as s:
+    rewrite = {"manifests": {"rewrite": True}}
+    with stk.Stack(run_dir, ports=ports, envoy_concurrency=args.concurrency, filter_overrides=rewrite) as s:
         script = run_dir / "soak.lua"
         script.write_text(wrk_script(request_mix(s)))
         pid = s.envoy.pid
