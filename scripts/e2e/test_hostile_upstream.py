@@ -6,6 +6,7 @@ exactly as the upstream sends it directly, with no 5xx and no panic."""
 from __future__ import annotations
 
 import gzip
+import json
 import http.client
 import shutil
 import socket
@@ -15,6 +16,9 @@ import unittest
 from harness import RUN_ROOT, free_ports, stk
 
 MANIFEST = "application/vnd.oci.image.manifest.v1+json"
+DESCRIPTOR = {"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip", "digest": "sha256:" + "a" * 64, "size": 1}
+CONFIG = {**DESCRIPTOR, "mediaType": "application/vnd.oci.image.config.v1+json"}
+IMAGE = {"schemaVersion": 2, "mediaType": MANIFEST, "config": CONFIG, "layers": [DESCRIPTOR]}
 HUGE = 50 * 1024 * 1024
 EU = "15.236.10.20"
 
@@ -38,6 +42,14 @@ ANSWERS = {
         '{"schemaVersion": 2}'
     ).encode(),
     "foreign-redirect": b"HTTP/1.1 307 Temporary Redirect\r\nlocation: https://elsewhere.example/x\r\ncontent-length: 0\r\n\r\n",
+    # Well-formed manifests that must stay exactly as published.
+    "schema1": body_response(b'{"schemaVersion": 1, "name": "hostile", "tag": "1", "fsLayers": [], "signatures": []}'),
+    "signature": body_response(json.dumps({**IMAGE, "subject": DESCRIPTOR}).encode()),
+    "artifact": body_response(json.dumps({**IMAGE, "artifactType": "application/vnd.example.sbom"}).encode()),
+    "helm-chart": body_response(json.dumps({**IMAGE, "config": {**DESCRIPTOR, "mediaType": "application/vnd.cncf.helm.config.v1+json"}}).encode()),
+    "type-mismatch": body_response(json.dumps({**IMAGE, "mediaType": "application/vnd.docker.distribution.manifest.v2+json"}).encode()),
+    "foreign-layers-only": body_response(json.dumps({**IMAGE, "config": {**CONFIG, "urls": ["https://elsewhere.example/c"]}, "layers": []}).encode()),
+    "bad-digest": body_response(json.dumps({**IMAGE, "layers": [{**DESCRIPTOR, "digest": "sha256:ABC"}]}).encode()),
 }
 
 
@@ -150,7 +162,7 @@ class HostileUpstreamRewritingTest(HostileUpstreamTest):
     def test_every_reason_is_counted(self):
         prefix = "wasmcustom.blobsteer.manifest.untouched."
         before = self.stack.stats("^" + prefix.replace(".", "\\."))
-        for name in ["invalid-json", "deeply-nested", "duplicate-keys", "gzip", "chunked-trailer", "huge", "foreign-redirect"]:
+        for name in ANSWERS.keys() - {"length-lies"} | {"huge"}:
             fetch(self.stack.ports.envoy, f"/v2/hostile/manifests/{name}", EU)
         after = self.stack.stats("^" + prefix.replace(".", "\\."))
         moved = {k.removeprefix(prefix): after[k] - before.get(k, 0) for k in after if after[k] != before.get(k, 0)}
@@ -158,7 +170,12 @@ class HostileUpstreamRewritingTest(HostileUpstreamTest):
             "invalid_json": 2,  # invalid, duplicate keys
             "too_deep": 1,
             "encoded": 1,
-            "bad_descriptor": 1,  # the chunked body is JSON but not a manifest
+            "bad_descriptor": 2,  # the chunked body (JSON, not a manifest), an uppercase digest
             "too_large": 1,
             "upstream_status": 1,  # the redirect
+            "schema1": 1,
+            "subject": 1,
+            "artifact": 2,  # artifactType, a Helm chart's config
+            "media_type_mismatch": 1,
+            "nothing_to_rewrite": 1,
         })  # fmt: skip
