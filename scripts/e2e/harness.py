@@ -12,8 +12,11 @@ import hashlib
 import http.client
 import random
 import shutil
+import socket
 import sys
+import threading
 import unittest
+from collections.abc import Callable
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -56,6 +59,47 @@ def request(
         return response.status, {k.lower(): v for k, v in response.getheaders()}, body
     finally:
         conn.close()
+
+
+class RawServer:
+    """A plain TCP server on 127.0.0.1:`port` for injecting what real servers will not do (hang,
+    lie about lengths, send trailers): for each connection it reads the request head, records
+    its request line, calls `answer(request_line, conn, stopped)` and closes the connection when
+    it returns (an answer that must hang waits on `stopped`)."""
+
+    def __init__(self, port: int, answer: Callable[[str, socket.socket, threading.Event], None]):
+        self.answer = answer
+        self.requests: list[str] = []
+        self.sock = socket.create_server((stk.LOOPBACK, port))
+        self.sock.settimeout(0.1)
+        self.stopped = threading.Event()
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self) -> None:
+        while not self.stopped.is_set():
+            try:
+                conn, _ = self.sock.accept()
+            except TimeoutError:
+                continue
+            threading.Thread(target=self._handle, args=(conn,), daemon=True).start()
+
+    def _handle(self, conn: socket.socket) -> None:
+        with conn.makefile("rb") as reader:
+            line = reader.readline().decode(errors="replace").strip()
+            while reader.readline() not in (b"\r\n", b""):
+                pass
+        self.requests.append(line)
+        try:
+            self.answer(line, conn, self.stopped)
+        except OSError:
+            pass
+        conn.close()
+
+    def close(self) -> None:
+        self.stopped.set()
+        self.thread.join()
+        self.sock.close()
 
 
 def blob_path(digest: str) -> str:

@@ -9,11 +9,9 @@ import gzip
 import json
 import http.client
 import shutil
-import socket
-import threading
 import unittest
 
-from harness import RUN_ROOT, free_ports, stk
+from harness import RUN_ROOT, RawServer, free_ports, stk
 
 MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 DESCRIPTOR = {"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip", "digest": "sha256:" + "a" * 64, "size": 1}
@@ -53,46 +51,20 @@ ANSWERS = {
 }
 
 
-class CraftedUpstream:
-    """Answers `/v2/hostile/manifests/<name>` (and blobs) with the raw bytes of `ANSWERS[name]`,
-    or 50 MiB for `huge`, then closes the connection."""
+def crafted_upstream(port: int) -> RawServer:
+    """Answers `.../<name>` with the raw bytes of `ANSWERS[name]`, or 50 MiB for `huge`."""
 
-    def __init__(self, port: int):
-        self.sock = socket.create_server((stk.LOOPBACK, port))
-        self.sock.settimeout(0.1)
-        self.stopped = threading.Event()
-        self.thread = threading.Thread(target=self._serve, daemon=True)
-        self.thread.start()
+    def answer(line: str, conn, _stopped) -> None:
+        name = line.split(" ")[1].rpartition("/")[2] if " " in line else ""
+        if name != "huge":
+            conn.sendall(ANSWERS.get(name, body_response(b"", status="404 Not Found")))
+            return
+        conn.sendall(f"HTTP/1.1 200 OK\r\ncontent-type: {MANIFEST}\r\ncontent-length: {HUGE}\r\n\r\n".encode())
+        chunk = b"[" * (1 << 20)
+        for _ in range(HUGE // len(chunk)):
+            conn.sendall(chunk)
 
-    def _serve(self) -> None:
-        while not self.stopped.is_set():
-            try:
-                conn, _ = self.sock.accept()
-            except TimeoutError:
-                continue
-            threading.Thread(target=self._answer, args=(conn,), daemon=True).start()
-
-    def _answer(self, conn: socket.socket) -> None:
-        with conn, conn.makefile("rb") as reader:
-            request_line = reader.readline().decode(errors="replace")
-            while reader.readline() not in (b"\r\n", b""):
-                pass
-            name = request_line.split(" ")[1].rpartition("/")[2] if " " in request_line else ""
-            try:
-                if name == "huge":
-                    conn.sendall(f"HTTP/1.1 200 OK\r\ncontent-type: {MANIFEST}\r\ncontent-length: {HUGE}\r\n\r\n".encode())
-                    chunk = b"[" * (1 << 20)
-                    for _ in range(HUGE // len(chunk)):
-                        conn.sendall(chunk)
-                else:
-                    conn.sendall(ANSWERS.get(name, body_response(b"", status="404 Not Found")))
-            except OSError:
-                pass
-
-    def close(self) -> None:
-        self.stopped.set()
-        self.thread.join()
-        self.sock.close()
+    return RawServer(port, answer)
 
 
 def fetch(port: int, path: str, xff: str | None) -> tuple[int, dict[str, str], bytes, str | None]:
@@ -119,7 +91,7 @@ class HostileUpstreamTest(unittest.TestCase):
         run_dir = RUN_ROOT / cls.__name__
         shutil.rmtree(run_dir, ignore_errors=True)
         cls.stack = stk.Stack(run_dir, ports=free_ports(), filter_overrides=cls.filter_overrides)
-        cls.upstream = CraftedUpstream(cls.stack.ports.registry)
+        cls.upstream = crafted_upstream(cls.stack.ports.registry)
         cls.addClassCleanup(cls.upstream.close)
         cls.stack.start_envoy()
         cls.addClassCleanup(cls.stack.stop)

@@ -4,13 +4,12 @@ the mirror cannot serve. Each fault is injected into the real stack."""
 
 from __future__ import annotations
 
-import socket
 import tempfile
 import threading
 import time
 from pathlib import Path
 
-from harness import Snapshot, StackTestCase, blob_path, request, stk
+from harness import RawServer, Snapshot, StackTestCase, blob_path, request, stk
 
 EU = "aws-eu-west-3"
 EU_XFF = "15.236.10.20"
@@ -18,46 +17,17 @@ TTL_S = 2
 TIMEOUT_MS = 500
 
 
-class FakeMirror:
-    """A server on a mirror's port that injects a fault nginx cannot: it accepts connections and
-    either never answers (`delay=None`) or answers every request with 200 after `delay` seconds.
-    It records the request lines it received."""
+def fake_mirror(port: int, delay: float | None) -> RawServer:
+    """A mirror fault nginx cannot inject: it accepts every connection and either never answers
+    (`delay=None`) or answers 200 after `delay` seconds."""
 
-    def __init__(self, port: int, delay: float | None):
-        self.delay = delay
-        self.requests: list[str] = []
-        self.sock = socket.create_server((stk.LOOPBACK, port))
-        self.stopped = threading.Event()
-        self.thread = threading.Thread(target=self._serve, daemon=True)
-        self.thread.start()
+    def answer(_line: str, conn, stopped) -> None:
+        if delay is None:
+            stopped.wait()  # hold the connection, never answer
+        elif not stopped.wait(delay):
+            conn.sendall(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: close\r\n\r\n")
 
-    def _serve(self) -> None:
-        self.sock.settimeout(0.1)
-        held = []
-        while not self.stopped.is_set():
-            try:
-                conn, _ = self.sock.accept()
-            except TimeoutError:
-                continue
-            held.append(conn)
-            threading.Thread(target=self._answer, args=(conn,), daemon=True).start()
-        for conn in held:
-            conn.close()
-
-    def _answer(self, conn: socket.socket) -> None:
-        with conn.makefile("rb") as reader:
-            line = reader.readline().decode(errors="replace").strip()
-            self.requests.append(line)
-            while reader.readline() not in (b"\r\n", b""):
-                pass
-        if self.delay is None or self.stopped.wait(self.delay):
-            return
-        conn.sendall(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: close\r\n\r\n")
-
-    def close(self) -> None:
-        self.stopped.set()
-        self.thread.join()
-        self.sock.close()
+    return RawServer(port, answer)
 
 
 class MirrorFaultsTest(StackTestCase):
@@ -139,7 +109,7 @@ class MirrorFaultsTest(StackTestCase):
     def test_a_mirror_that_hangs_is_given_up_after_the_timeout(self):
         self.stack.stop_mirrors()
         self.addCleanup(self.stack.start_mirrors)
-        hung = FakeMirror(self.stack.port("mirror:" + EU), delay=None)
+        hung = fake_mirror(self.stack.port("mirror:" + EU), delay=None)
         self.addCleanup(hung.close)
         before = self.counters()
         started = time.monotonic()
@@ -168,7 +138,7 @@ class MirrorFaultsTest(StackTestCase):
     def test_concurrent_requests_for_one_blob_share_one_check(self):
         self.stack.stop_mirrors()
         self.addCleanup(self.stack.start_mirrors)
-        slow = FakeMirror(self.stack.port("mirror:" + EU), delay=0.3)
+        slow = fake_mirror(self.stack.port("mirror:" + EU), delay=0.3)
         self.addCleanup(slow.close)
         layer = self.image.layers["linux/amd64"][0].digest
         results: list[int] = []
