@@ -36,7 +36,7 @@ class ManifestRewriteTest(StackTestCase):
         new = head["docker-content-digest"]
         self.assertNotEqual(new, self.image.index.digest)
         bodies = set()
-        for _ in range(12):  # new connections, spread over both workers
+        for _ in range(24):  # new connections, spread over both workers by the kernel
             status, got, body = self.manifest("GET", "1.0")
             self.assertEqual((status, got["docker-content-digest"], got["content-length"]), (200, new, head["content-length"]))
             self.assertEqual((sha256(body), got["etag"]), (new, f'"{new}"'))

@@ -138,7 +138,7 @@ class MirrorFaultsTest(StackTestCase):
     def test_concurrent_requests_for_one_blob_share_one_check(self):
         self.stack.stop_mirrors()
         self.addCleanup(self.stack.start_mirrors)
-        slow = fake_mirror(self.stack.port("mirror:" + EU), delay=0.3)
+        slow = fake_mirror(self.stack.port("mirror:" + EU), delay=1.0)  # wide enough for every client to arrive first
         self.addCleanup(slow.close)
         layer = self.image.layers["linux/amd64"][0].digest
         results: list[int] = []
