@@ -48,6 +48,7 @@ pub fn run(argv: &[String]) -> Result<ExitCode, Usage> {
         Some(Child { bytes, content_type: None })
     };
     let repository = args.get("repository").unwrap_or("library/sample");
+    // The CLI has no existence cache: every blob may be advertised.
     let result = rewrite_for_backend(
         backend,
         repository,
@@ -56,6 +57,7 @@ pub fn run(argv: &[String]) -> Result<ExitCode, Usage> {
         None,
         max_bytes,
         child,
+        |_| true,
     );
     let (out, status) = match &result {
         Ok(rewritten) => (rewritten.bytes.as_slice(), format!("{} rewritten", rewritten.digest)),

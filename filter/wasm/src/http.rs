@@ -443,7 +443,7 @@ impl HttpContext for HttpFilter {
 }
 
 /// Seconds since the epoch, from the host's clock.
-fn now_s() -> u64 {
+pub(crate) fn now_s() -> u64 {
     hostcalls::get_current_time()
         .ok()
         .and_then(|now| now.duration_since(UNIX_EPOCH).ok())

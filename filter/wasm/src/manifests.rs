@@ -3,7 +3,9 @@
 //! `Content-Length`, `Docker-Content-Digest` and `ETag`; remember each digest produced so a
 //! later request for it is served the same bytes.
 
-use crate::http::{response_status, set_response_header, HttpFilter, Pending};
+use crate::http::{now_s, response_status, set_response_header, HttpFilter, Pending};
+use blobsteer_core::digest::Digest;
+use blobsteer_core::existence::{CheckRequest, Known};
 use blobsteer_core::manifest::{
     self, rewrite_for_backend, sha256_digest, Child, Mapping, Untouched,
 };
@@ -274,6 +276,22 @@ impl HttpFilter {
             return;
         };
         let max = config.manifests.max_bytes as usize;
+        // With existence checks on, a tag's rewrite advertises only blobs the cache knows are on
+        // the mirror (all or nothing). A digest the filter produced is served again whatever
+        // the cache holds now: its blobs were known present when it was produced.
+        let checked = backend.cluster.as_deref().filter(|_| plan.expect_digest.is_none());
+        let now = now_s();
+        let present = |digest: &str| {
+            let Some(cluster) = checked else { return true };
+            let url = Digest::parse(digest).map(|d| backend.blob_url.render(&plan.repository, d));
+            let check = url.ok().and_then(|url| {
+                CheckRequest::new(&config.existence_check, cluster, &backend.name, digest, &url)
+            });
+            check.is_some_and(|check| {
+                let cached = hostcalls::get_shared_data(&check.cache_key).ok().and_then(|(v, _)| v);
+                check.read(cached.as_deref(), now) == Some(Known::Present)
+            })
+        };
         let result = rewrite_for_backend(
             backend,
             &plan.repository,
@@ -282,6 +300,7 @@ impl HttpFilter {
             None,
             max,
             |d| children.get(d).cloned(),
+            present,
         );
         let rewritten = match result {
             Ok(rewritten) => rewritten,

@@ -23,7 +23,7 @@ fuzz_target!(|data: &[u8]| {
     let Some((&selector, body)) = data.split_first() else { return };
     let content_type = CONTENT_TYPES[usize::from(selector) % CONTENT_TYPES.len()];
     let Ok(parsed) = manifest::read(body, content_type, None, 1 << 20) else { return };
-    let url = |digest: Digest<'_>| format!("{MARKER}{digest}");
+    let url = |digest: Digest<'_>| Some(format!("{MARKER}{digest}"));
     match parsed.kind {
         Kind::Image => {
             let Ok(out) = parsed.rewrite_image(url) else { return };

@@ -67,11 +67,15 @@ pub enum Untouched {
     NothingToRewrite,
     /// An index child could not be fetched or rewritten.
     ChildUnavailable,
+    /// A blob is not known to be on the client's mirror (its backend is checked), so it must not
+    /// be advertised there; the client gets the original and fetches through redirects, which
+    /// check and teach the cache.
+    BlobsUnverified,
 }
 
 impl Untouched {
     /// Every reason, for defining stats up front.
-    pub const ALL: [Untouched; 12] = [
+    pub const ALL: [Untouched; 13] = [
         Untouched::TooLarge,
         Untouched::Encoded,
         Untouched::InvalidJson,
@@ -84,6 +88,7 @@ impl Untouched {
         Untouched::BadDescriptor,
         Untouched::NothingToRewrite,
         Untouched::ChildUnavailable,
+        Untouched::BlobsUnverified,
     ];
 
     /// The stat name: `blobsteer.manifest.untouched.<name>`.
@@ -101,6 +106,7 @@ impl Untouched {
             Untouched::BadDescriptor => "bad_descriptor",
             Untouched::NothingToRewrite => "nothing_to_rewrite",
             Untouched::ChildUnavailable => "child_unavailable",
+            Untouched::BlobsUnverified => "blobs_unverified",
         }
     }
 }
@@ -193,10 +199,12 @@ pub fn read<'a>(
 
 impl Manifest<'_> {
     /// An image manifest with `urls` added to every blob descriptor (config and layers) that has
-    /// none; `url` gives the backend's URL of a blob.
+    /// none; `url` gives the backend's URL of a blob, or `None` for a blob that must not be
+    /// advertised, which leaves the whole manifest untouched (all or nothing, so the bytes
+    /// produced for a manifest and backend are always the same).
     pub fn rewrite_image(
         &self,
-        url: impl Fn(Digest<'_>) -> String,
+        url: impl Fn(Digest<'_>) -> Option<String>,
     ) -> Result<Rewritten, Untouched> {
         if self.kind != Kind::Image {
             return Err(Untouched::NotImage);
@@ -210,9 +218,12 @@ impl Manifest<'_> {
             Some(Value::Array(layers)) => layers.as_slice(),
             _ => return Err(Untouched::BadDescriptor),
         };
+        let descriptors: Vec<&Node> = std::iter::once(config).chain(layers).collect();
+        // Every digest must pass the grammar before anything is decided about any of them.
+        let digests =
+            descriptors.iter().map(|d| descriptor_digest(d)).collect::<Result<Vec<_>, _>>()?;
         let mut insertions: Vec<(usize, String)> = Vec::new();
-        for descriptor in std::iter::once(config).chain(layers) {
-            let digest = descriptor_digest(descriptor)?;
+        for (descriptor, digest) in descriptors.into_iter().zip(digests) {
             if descriptor.get("urls").is_some() {
                 continue;
             }
@@ -225,7 +236,8 @@ impl Manifest<'_> {
                 Some((_, last)) => (last.span.end, ","),
                 None => (descriptor.span.start + 1, ""),
             };
-            let url = serde_json::to_string(&url(digest)).map_err(|_| Untouched::BadDescriptor)?;
+            let url = url(digest).ok_or(Untouched::BlobsUnverified)?;
+            let url = serde_json::to_string(&url).map_err(|_| Untouched::BadDescriptor)?;
             insertions.push((at, format!("{separator}\"urls\":[{url}]")));
         }
         if insertions.is_empty() {
@@ -367,7 +379,9 @@ pub struct Child {
 
 /// What a tag request from a client of `backend` gets: the rewritten manifest, or why the
 /// original is sent. For an index, `child` fetches each child by digest; every child must come,
-/// hash to its digest and be rewritten, or the index is sent untouched.
+/// hash to its digest and be rewritten, or the index is sent untouched. `present` says whether
+/// a blob may be advertised on the backend (known to be there, or the backend is not checked).
+#[allow(clippy::too_many_arguments)]
 pub fn rewrite_for_backend(
     backend: &Backend,
     repository: &str,
@@ -376,8 +390,11 @@ pub fn rewrite_for_backend(
     content_encoding: Option<&str>,
     max_bytes: usize,
     child: impl Fn(&str) -> Option<Child>,
+    present: impl Fn(&str) -> bool,
 ) -> Result<Rewritten, Untouched> {
-    let url = |digest: Digest<'_>| backend.blob_url.render(repository, digest);
+    let url = |digest: Digest<'_>| {
+        present(digest.as_str()).then(|| backend.blob_url.render(repository, digest))
+    };
     let manifest = read(bytes, content_type, content_encoding, max_bytes)?;
     match manifest.kind {
         Kind::Image => manifest.rewrite_image(url),
@@ -390,7 +407,10 @@ pub fn rewrite_for_backend(
                 }
                 let new = read(&fetched.bytes, fetched.content_type.as_deref(), None, max_bytes)
                     .and_then(|m| m.rewrite_image(url))
-                    .map_err(|_| Untouched::ChildUnavailable)?;
+                    .map_err(|e| match e {
+                        Untouched::BlobsUnverified => e,
+                        _ => Untouched::ChildUnavailable,
+                    })?;
                 rewritten.push((digest.as_str().to_string(), new));
             }
             let mut index = manifest.rewrite_index(|old| {

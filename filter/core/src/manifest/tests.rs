@@ -13,8 +13,8 @@ const HELM: &[u8] = include_bytes!("../../../../testdata/manifests/helm-artifact
 const SCHEMA1: &[u8] = include_bytes!("../../../../testdata/manifests/schema1.json");
 const MAX: usize = 4 << 20;
 
-fn url(digest: Digest<'_>) -> String {
-    format!("https://eu.example/containers/images/{digest}")
+fn url(digest: Digest<'_>) -> Option<String> {
+    Some(format!("https://eu.example/containers/images/{digest}"))
 }
 
 fn reason(bytes: &[u8], content_type: Option<&str>, encoding: Option<&str>) -> Untouched {
@@ -166,4 +166,18 @@ fn mappings_round_trip_and_refuse_other_digests() {
     assert_eq!(Mapping::decode(Some(b"garbage"), &m.digest), None);
     assert_eq!(Mapping::decode(None, &m.digest), None);
     assert!(Mapping::key(&m.digest, 16).starts_with("blobsteer.manifest."));
+}
+
+#[test]
+fn one_blob_that_may_not_be_advertised_leaves_the_whole_manifest_untouched() {
+    let manifest = read(OCI_IMAGE, None, None, MAX).unwrap();
+    let first_layer = manifest.root.get("layers").and_then(|l| match &l.value {
+        Value::Array(layers) => {
+            layers.first().and_then(|d| d.get("digest")).and_then(Node::as_str).map(str::to_string)
+        }
+        _ => None,
+    });
+    let first_layer = first_layer.unwrap();
+    let result = manifest.rewrite_image(|d| (d.as_str() != first_layer).then(|| url(d)).flatten());
+    assert_eq!(result, Err(Untouched::BlobsUnverified));
 }
