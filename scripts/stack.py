@@ -625,8 +625,9 @@ class EnvoyProcess(ManagedProcess):
     """Envoy running `config_text` (written to `<run_dir>/envoy.yaml` at start), logging to
     `<run_dir>/envoy.log`. Ready when admin `/ready` says LIVE and every listener accepts.
 
-    Hot restart is disabled, so no shared memory or base id is involved and any number of
-    Envoys can run on one machine. A config Envoy refuses (such as the filter's `on_configure`
+    Hot restart is disabled unless `hot_restart` is given (the stack's `envoy_hot_restart`),
+    so usually no shared memory or base id is involved and any number of Envoys can run on one
+    machine. A config Envoy refuses (such as the filter's `on_configure`
     failing) makes `start` raise StartupError carrying Envoy's exit status and log. The binary
     is `binary`, else $BLOBSTEER_ENVOY, else .venv/bin/envoy.
     """
@@ -639,8 +640,14 @@ class EnvoyProcess(ManagedProcess):
         listener_ports: Iterable[int],
         concurrency: int = 1,
         binary: str | Path | None = None,
+        hot_restart: tuple[int, int] | None = None,
     ):
-        super().__init__("envoy", run_dir, run_dir / "envoy.log")
+        """`hot_restart` is (base id, restart epoch): Envoy then takes part in a hot restart,
+        the epoch-N process handing its listeners to epoch N+1 and draining."""
+        epoch = hot_restart[1] if hot_restart else 0
+        name = "envoy" if epoch == 0 else f"envoy-epoch{epoch}"
+        super().__init__(name, run_dir, run_dir / f"{name}.log")
+        self.hot_restart = hot_restart
         self.config_text = config_text
         self.admin_port = admin_port
         self.listener_ports = list(listener_ports)
@@ -651,12 +658,18 @@ class EnvoyProcess(ManagedProcess):
     def command(self) -> list[str]:
         """Write envoy.yaml."""
         self.config_path.write_text(self.config_text)
+        if self.hot_restart:
+            base_id, epoch = self.hot_restart
+            restart = ["--base-id", str(base_id), "--restart-epoch", str(epoch),
+                       "--drain-time-s", "2", "--parent-shutdown-time-s", "4"]  # fmt: skip
+        else:
+            restart = ["--disable-hot-restart"]
         return [
             str(self.binary),
             "-c", str(self.config_path),
             "--concurrency", str(self.concurrency),
             "--log-level", "info",
-            "--disable-hot-restart",
+            *restart,
             "--file-flush-interval-msec", "100",
         ]  # fmt: skip
 
@@ -830,6 +843,7 @@ class Stack:
         wasm_path: str | Path = DEFAULT_WASM,
         with_filter: bool = True,
         envoy_binary: str | Path | None = None,
+        envoy_hot_restart: bool = False,
     ):
         self.run_dir = Path(run_dir).resolve()
         self.run_dir.mkdir(parents=True, exist_ok=True)
@@ -853,6 +867,8 @@ class Stack:
             self.ports.admin,
             [self.ports.envoy, *self.ports.listeners.values()],
             binary=envoy_binary,
+            # The main listener's port is unique on the machine: a fine base id.
+            hot_restart=(self.ports.envoy, 0) if envoy_hot_restart else None,
         )
 
     # -- lifecycle -----------------------------------------------------------------------------
@@ -941,6 +957,28 @@ class Stack:
         """Stop Envoy and start it with the current options."""
         self.stop_envoy()
         self.start_envoy()
+
+    def hot_restart_envoy(self, timeout: float = 30.0) -> None:
+        """Envoy's own hot restart (the stack must be made with `envoy_hot_restart=True`): a
+        process of the next epoch, with the current options, takes the listeners over while the
+        old one drains and exits. Returns once the old one has exited."""
+        old = self.envoy
+        if not old.hot_restart:
+            raise ValueError("this stack's Envoy was not started for hot restart")
+        base_id, epoch = old.hot_restart
+        new = EnvoyProcess(
+            self.run_dir,
+            self.envoy_config(),
+            old.admin_port,
+            old.listener_ports,
+            concurrency=self.envoy_concurrency,
+            binary=old.binary,
+            hot_restart=(base_id, epoch + 1),
+        )
+        new.start()
+        self.envoy = new
+        wait_for(old.exited, f"the epoch-{epoch} Envoy to drain and exit", timeout=timeout)
+        old.stop()
 
     # -- content -------------------------------------------------------------------------------
 

@@ -31,6 +31,8 @@ ROWS = [
         redirect="aws-eu-west-3"),
     Row("1,000 addresses, garbage rightmost", xff=[", ".join([EU] * 999 + ["x"])], passed="passed_no_client_ip"),
     Row("1,000 header lines", xff=["198.51.100.9"] * 999 + [EU], redirect="aws-eu-west-3"),
+    Row("10,000 addresses (over Envoy's header limit)", xff=[",".join(["1.1.1.1"] * 9_999 + [EU])], envoy_status=431),
+    Row("5,000 addresses (under it)", xff=[",".join(["1.1.1.1"] * 4_999 + [EU])], redirect="aws-eu-west-3"),
     Row("40 KiB of garbage in x-forwarded-for", xff=["a" * 40_000], passed="passed_no_client_ip"),
     Row("a 60 KiB header", extra=[("x-pad", "p" * 61_440)], envoy_status=431),
     Row("NUL in x-forwarded-for", xff=[f"{EU}\0"], envoy_status=400),
