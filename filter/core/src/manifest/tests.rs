@@ -181,3 +181,17 @@ fn one_blob_that_may_not_be_advertised_leaves_the_whole_manifest_untouched() {
     let result = manifest.rewrite_image(|d| (d.as_str() != first_layer).then(|| url(d)).flatten());
     assert_eq!(result, Err(Untouched::BlobsUnverified));
 }
+
+/// Found by the `manifest` fuzz target: a number beyond f64 range is valid JSON (serde_json
+/// refuses it); the rewrite must keep it exactly, like every byte it does not change.
+#[test]
+fn numbers_beyond_f64_range_survive_a_rewrite() {
+    let text = String::from_utf8(OCI_IMAGE.to_vec()).unwrap().replacen(
+        "\"size\": 434",
+        "\"size\": 1e9991049000",
+        1,
+    );
+    assert!(serde_json::from_str::<serde_json::Value>(&text).is_err());
+    let out = read(text.as_bytes(), None, None, MAX).unwrap().rewrite_image(url).unwrap();
+    assert!(String::from_utf8(out.bytes).unwrap().contains("\"size\": 1e9991049000,\"urls\":["));
+}
