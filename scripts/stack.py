@@ -1092,10 +1092,6 @@ class Stack:
         """Envoy's admin base URL."""
         return self.url("admin")
 
-    def mirror_root(self, name: str) -> Path:
-        """The document root of mirror `name`."""
-        return self.mirrors.root(name)
-
     def mirror_blob_path(self, name: str, digest: str) -> Path:
         """The file behind `<mirror>/containers/images/<digest>`."""
         return self.mirrors.blob_path(name, digest)
@@ -1146,21 +1142,6 @@ class Stack:
     def mirror_requests(self, name: str) -> list[AccessRecord]:
         """Every request mirror `name` answered, in order."""
         return read_access_log(self.mirror_access_log(name))
-
-    def blob_servers(self) -> dict[str, list[str]]:
-        """For each blob digest, which servers sent it with a 2xx GET ("registry" or a mirror
-        name), one entry per such GET, in the servers' order registry, mirrors."""
-        served: dict[str, list[str]] = {}
-        for record in self.registry_requests():
-            match = BLOB_PATH.match(record.path)
-            if match and record.method == "GET" and 200 <= record.status < 300:
-                served.setdefault(match["digest"], []).append("registry")
-        for name in self.ports.mirrors:
-            for record in self.mirror_requests(name):
-                digest = record.path.rpartition("/")[2]
-                if record.method == "GET" and 200 <= record.status < 300:
-                    served.setdefault(digest, []).append(name)
-        return served
 
     def envoy_requests(self) -> list[dict]:
         """The main listener's access log records (keys: time, method, path, protocol, status,
