@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import unittest
 
@@ -64,3 +65,20 @@ def wasm_lines(stack: stk.Stack) -> str:
     """The lines of Envoy's log about the wasm plugin (the rest is noise in a failure message)."""
     lines = stack.envoy_log.read_text(errors="replace").splitlines()
     return "\n".join(line for line in lines if "wasm" in line or "Wasm" in line)
+
+
+class ExampleConfigTest(unittest.TestCase):
+    def test_the_filter_config_of_envoy_example_yaml_is_accepted(self):
+        """The config users copy must not drift from what the filter accepts."""
+        text = (stk.ENVOY_DIR / "example.yaml").read_text()
+        # The block scalar after `value: |`: every line indented deeper than the `value` key.
+        key = re.search(r"^( *)value: \|\n", text, re.MULTILINE)
+        self.assertIsNotNone(key, "no inline filter configuration in envoy/example.yaml")
+        deeper = len(key[1]) + 1
+        block = re.compile(rf"((?:[ ]{{{deeper},}}.*\n)+)").match(text, key.end())
+        config = RUN_ROOT / type(self).__name__ / "filter.json"
+        config.parent.mkdir(parents=True, exist_ok=True)
+        config.write_text(block[1])
+        result = stk.run_command([str(stk.REPO_ROOT / "target/release/blobsteer"), "check", str(config)], check=False)
+        self.assertEqual(result.returncode, 0, result.stdout)
+        self.assertIn(": ok: 3 backends", result.stdout)
