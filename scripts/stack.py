@@ -35,6 +35,7 @@ import http.client
 import itertools
 import json
 import os
+import random
 import re
 import secrets
 import shutil
@@ -167,6 +168,29 @@ class Ports:
         return ["BLOBSTEER_ENVOY_PORT", "BLOBSTEER_ADMIN_PORT"] + [
             listener_port_variable(n) for n in self.listeners
         ]
+
+    @classmethod
+    def free(cls, variables: Iterable[str] | None = None, avoid: Iterable[int] = ()) -> Ports:
+        """Ports from a base chosen at random below the kernel's ephemeral range (clients' own
+        outgoing connections take ports from there and would race with our listeners), whose
+        ports (or those of `variables`) are free right now and not in `avoid`."""
+        ephemeral_low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+        variables = None if variables is None else list(variables)
+        avoid = set(avoid)
+        rng = random.Random()
+        for _ in range(50):
+            base = rng.randrange(12000, max(13000, ephemeral_low - 100), 100)
+            ports = cls.from_env({"BLOBSTEER_BASE_PORT": str(base)})
+            by_variable = ports.variables()
+            wanted = {by_variable[v] for v in (by_variable if variables is None else variables)}
+            if wanted & avoid:
+                continue
+            try:
+                ports.check_free(variables)
+            except PortInUse:
+                continue
+            return ports
+        raise PortInUse("no free range of ports found below the ephemeral range")
 
     def check_free(self, variables: Iterable[str] | None = None) -> None:
         """Raise PortInUse unless every port (or those of `variables`) can be bound now."""
@@ -1262,7 +1286,9 @@ def wait_until_stopped(parts: list[ManagedProcess]) -> ManagedProcess | None:
         signal.pthread_sigmask(signal.SIG_UNBLOCK, signals)
 
 
-def _exit_on_sigterm(signum, frame) -> None:
+def exit_on_sigterm(signum, frame) -> None:
+    """A SIGTERM handler that unwinds like Ctrl-C, so every part started is stopped on the way
+    out."""
     raise SystemExit(128 + signum)
 
 
@@ -1279,7 +1305,7 @@ def run(args: argparse.Namespace) -> int:
             path, pid = live[0]
             raise SystemExit(f"process {pid} from {path} is still running; stop it first")
         shutil.rmtree(run_dir)
-    signal.signal(signal.SIGTERM, _exit_on_sigterm)
+    signal.signal(signal.SIGTERM, exit_on_sigterm)
     stack = Stack(
         run_dir,
         ports=ports,

@@ -354,26 +354,15 @@ class BenchPorts:
 
 
 def free_ports(avoid: Sequence[BenchPorts] = ()) -> BenchPorts:
-    """Three ports free right now, taken from a stack port range (`stk.Ports`) below the
-    kernel's ephemeral range: wrk's and our own outgoing connections take ports from there and
-    could race with a listener (see free_ports() in scripts/e2e/harness.py). None of them is
-    one of `avoid`'s (ports handed out but not bound yet)."""
-    ephemeral_low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
-    rng = random.Random()
+    """Three ports free right now (see `stack.Ports.free`), none of them one of `avoid`'s
+    (ports handed out but not bound yet)."""
     variables = ["BLOBSTEER_ENVOY_PORT", "BLOBSTEER_ADMIN_PORT", "BLOBSTEER_REGISTRY_PORT"]
     taken = {port for ports in avoid for port in dataclasses.astuple(ports)}
-    for _ in range(50):
-        base = rng.randrange(12000, max(13000, ephemeral_low - 100), 100)
-        ports = stk.Ports.from_env({"BLOBSTEER_BASE_PORT": str(base)})
-        chosen = BenchPorts(ports.envoy, ports.admin, ports.registry)
-        if taken & set(dataclasses.astuple(chosen)):
-            continue
-        try:
-            ports.check_free(variables)
-        except stk.PortInUse:
-            continue
-        return chosen
-    raise BenchError("no free ports found below the ephemeral range")
+    try:
+        ports = stk.Ports.free(variables, avoid=taken)
+    except stk.PortInUse as err:
+        raise BenchError(str(err)) from err
+    return BenchPorts(ports.envoy, ports.admin, ports.registry)
 
 
 def render_envoy_config(config: FilterConfig, ports: BenchPorts, wasm: Path) -> str:
@@ -1447,15 +1436,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     return args
 
 
-def _exit_on_sigterm(signum, frame) -> None:
-    """SIGTERM unwinds like Ctrl-C does, so every running Envoy is stopped on the way out."""
-    raise SystemExit(128 + signum)
-
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run both phases and print the report; 0 when measured (PASS or MISS alike)."""
     args = parse_args(argv)
-    signal.signal(signal.SIGTERM, _exit_on_sigterm)
+    signal.signal(signal.SIGTERM, stk.exit_on_sigterm)
     # Interruptible even when started where SIGINT is ignored (a shell's background job).
     signal.signal(signal.SIGINT, signal.default_int_handler)
     try:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import http.client
-import random
 import shutil
 import socket
 import sys
@@ -28,19 +27,8 @@ BACKENDS = tuple(stk.MIRROR_OFFSETS)
 
 
 def free_ports() -> stk.Ports:
-    """A base port whose whole range is free right now, below the kernel's ephemeral range (the
-    clients' own outgoing connections take ports from there and would race with our listeners)."""
-    ephemeral_low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
-    rng = random.Random()
-    for _ in range(50):
-        base = rng.randrange(12000, max(13000, ephemeral_low - 100), 100)
-        ports = stk.Ports.from_env({"BLOBSTEER_BASE_PORT": str(base)})
-        try:
-            ports.check_free()
-        except stk.PortInUse:
-            continue
-        return ports
-    raise RuntimeError("no free range of ports found for the stack")
+    """A whole range of stack ports, free right now."""
+    return stk.Ports.free()
 
 
 def request(

@@ -6,7 +6,7 @@ from __future__ import annotations
 import tempfile
 from pathlib import Path
 
-from harness import BACKENDS, Snapshot, StackTestCase, blob_path, request
+from harness import Snapshot, StackTestCase, blob_path, request
 
 
 class RedirectModeTest(StackTestCase):
