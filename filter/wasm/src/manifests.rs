@@ -6,9 +6,7 @@
 use crate::http::{now_s, response_status, set_response_header, HttpFilter, Pending};
 use blobsteer_core::digest::Digest;
 use blobsteer_core::existence::{CheckRequest, Known};
-use blobsteer_core::manifest::{
-    self, rewrite_for_backend, sha256_digest, Child, Mapping, Untouched,
-};
+use blobsteer_core::manifest::{self, sha256_digest, Child, Mapping, Untouched};
 use blobsteer_core::{Action, ClientMatch, DigestLookup, ManifestPlan};
 use proxy_wasm::hostcalls;
 use proxy_wasm::types::{Action as HostAction, BufferType, MapType};
@@ -180,17 +178,18 @@ impl HttpFilter {
         body_size: usize,
     ) -> HostAction {
         let max = self.filter.config.manifests.max_bytes as usize;
-        // An index's children, when it is one (and its entries pass the grammar).
-        let children: Vec<String> =
-            match manifest::read(&body, job.content_type.as_deref(), None, max) {
-                Ok(m) if m.kind == manifest::Kind::Index => m
-                    .children()
-                    .map(|c| c.iter().map(ToString::to_string).collect())
-                    .unwrap_or_default(),
-                _ => Vec::new(),
-            };
+        let read = manifest::read(&body, job.content_type.as_deref(), None, max);
+        // An index's children, when it is one (and its entries pass the grammar); anything
+        // else is complete now, from this one reading.
+        let children: Vec<String> = match &read {
+            Ok(m) if m.kind == manifest::Kind::Index => m
+                .children()
+                .map(|c| c.iter().map(ToString::to_string).collect())
+                .unwrap_or_default(),
+            _ => Vec::new(),
+        };
         if children.is_empty() {
-            self.complete(job, &body, body_size, &HashMap::new());
+            self.complete(job, read, body_size, &HashMap::new());
             return HostAction::Continue;
         }
         let mut awaiting = HashMap::new();
@@ -209,7 +208,7 @@ impl HttpFilter {
                 Err(status) => {
                     log::warn!("cannot fetch index child {child} from {}: {status:?}", job.cluster);
                     // The children already asked for answer into nothing: complete untouched.
-                    self.complete(job, &body, body_size, &HashMap::new());
+                    self.complete(job, read, body_size, &HashMap::new());
                     return HostAction::Continue;
                 }
             }
@@ -253,7 +252,9 @@ impl HttpFilter {
         }
         if let Pending::Children(fetch) = std::mem::replace(&mut self.pending, Pending::Nothing) {
             let ChildFetch { job, index, body_size, fetched, .. } = *fetch;
-            self.complete(job, &index, body_size, &fetched);
+            let max = self.filter.config.manifests.max_bytes as usize;
+            let read = manifest::read(&index, job.content_type.as_deref(), None, max);
+            self.complete(job, read, body_size, &fetched);
             if let Err(status) = hostcalls::resume_http_response() {
                 log::warn!("cannot resume the response after an index's children: {status:?}");
             }
@@ -265,7 +266,7 @@ impl HttpFilter {
     fn complete(
         &mut self,
         job: ManifestJob,
-        body: &[u8],
+        read: Result<manifest::Manifest<'_>, Untouched>,
         body_size: usize,
         children: &HashMap<String, Child>,
     ) {
@@ -292,16 +293,9 @@ impl HttpFilter {
                 check.read(cached.as_deref(), now) == Some(Known::Present)
             })
         };
-        let result = rewrite_for_backend(
-            backend,
-            &plan.repository,
-            body,
-            job.content_type.as_deref(),
-            None,
-            max,
-            |d| children.get(d).cloned(),
-            present,
-        );
+        let result = read.as_ref().map_err(|reason| *reason).and_then(|m| {
+            m.rewrite_for(backend, &plan.repository, max, |d| children.get(d).cloned(), present)
+        });
         let rewritten = match result {
             Ok(rewritten) => rewritten,
             Err(reason) if plan.expect_digest.is_some() => {
@@ -325,7 +319,7 @@ impl HttpFilter {
             manifest_unknown(body_size, plan.send_as_get);
             return;
         }
-        let original = sha256_digest(body);
+        let original = read.as_ref().map(|m| sha256_digest(m.bytes())).unwrap_or_default();
         let remember = |digest: &str, original: &str| {
             let mapping = Mapping {
                 digest: digest.to_string(),

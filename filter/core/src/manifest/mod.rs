@@ -392,35 +392,57 @@ pub fn rewrite_for_backend(
     child: impl Fn(&str) -> Option<Child>,
     present: impl Fn(&str) -> bool,
 ) -> Result<Rewritten, Untouched> {
-    let url = |digest: Digest<'_>| {
-        present(digest.as_str()).then(|| backend.blob_url.render(repository, digest))
-    };
-    let manifest = read(bytes, content_type, content_encoding, max_bytes)?;
-    match manifest.kind {
-        Kind::Image => manifest.rewrite_image(url),
-        Kind::Index => {
-            let mut rewritten = Vec::new();
-            for digest in manifest.children()? {
-                let fetched = child(digest.as_str()).ok_or(Untouched::ChildUnavailable)?;
-                if sha256_digest(&fetched.bytes) != digest.as_str() {
-                    return Err(Untouched::ChildUnavailable);
+    read(bytes, content_type, content_encoding, max_bytes)?
+        .rewrite_for(backend, repository, max_bytes, child, present)
+}
+
+impl Manifest<'_> {
+    /// The bytes the manifest was read from.
+    pub fn bytes(&self) -> &[u8] {
+        self.bytes
+    }
+
+    /// [`rewrite_for_backend`] of a manifest already read.
+    pub fn rewrite_for(
+        &self,
+        backend: &Backend,
+        repository: &str,
+        max_bytes: usize,
+        child: impl Fn(&str) -> Option<Child>,
+        present: impl Fn(&str) -> bool,
+    ) -> Result<Rewritten, Untouched> {
+        let url = |digest: Digest<'_>| {
+            present(digest.as_str()).then(|| backend.blob_url.render(repository, digest))
+        };
+        let manifest = self;
+        match manifest.kind {
+            Kind::Image => manifest.rewrite_image(url),
+            Kind::Index => {
+                let mut rewritten = Vec::new();
+                for digest in manifest.children()? {
+                    let fetched = child(digest.as_str()).ok_or(Untouched::ChildUnavailable)?;
+                    if sha256_digest(&fetched.bytes) != digest.as_str() {
+                        return Err(Untouched::ChildUnavailable);
+                    }
+                    let new =
+                        read(&fetched.bytes, fetched.content_type.as_deref(), None, max_bytes)
+                            .and_then(|m| m.rewrite_image(url))
+                            .map_err(|e| match e {
+                                Untouched::BlobsUnverified => e,
+                                _ => Untouched::ChildUnavailable,
+                            })?;
+                    rewritten.push((digest.as_str().to_string(), new));
                 }
-                let new = read(&fetched.bytes, fetched.content_type.as_deref(), None, max_bytes)
-                    .and_then(|m| m.rewrite_image(url))
-                    .map_err(|e| match e {
-                        Untouched::BlobsUnverified => e,
-                        _ => Untouched::ChildUnavailable,
-                    })?;
-                rewritten.push((digest.as_str().to_string(), new));
+                let mut index = manifest.rewrite_index(|old| {
+                    rewritten
+                        .iter()
+                        .find(|(d, _)| d == old)
+                        .map(|(_, new)| (new.digest.clone(), new.bytes.len()))
+                })?;
+                index.children =
+                    rewritten.into_iter().map(|(old, new)| (old, new.digest)).collect();
+                Ok(index)
             }
-            let mut index = manifest.rewrite_index(|old| {
-                rewritten
-                    .iter()
-                    .find(|(d, _)| d == old)
-                    .map(|(_, new)| (new.digest.clone(), new.bytes.len()))
-            })?;
-            index.children = rewritten.into_iter().map(|(old, new)| (old, new.digest)).collect();
-            Ok(index)
         }
     }
 }
