@@ -6,6 +6,7 @@ SHELL := /bin/bash
 CARGO ?= cargo
 PYTHON ?= python3
 WASM := target/wasm32-wasip1/release/blobsteer.wasm
+NOOP_WASM := target/wasm32-wasip1/release/noop.wasm
 CLI := target/release/blobsteer
 
 .PHONY: all bootstrap build wasm cli run test unit wasm-test lint e2e ranges soak bench fuzz clean
@@ -17,8 +18,9 @@ bootstrap:
 
 build: wasm cli
 
+## wasm: the filter, and the no-op filter `make bench` measures it against
 wasm: bootstrap
-	$(CARGO) build --release --locked --target wasm32-wasip1 -p blobsteer-wasm
+	$(CARGO) build --release --locked --target wasm32-wasip1 -p blobsteer-wasm -p blobsteer-noop
 
 cli: bootstrap
 	$(CARGO) build --release --locked -p blobsteer-cli
@@ -40,7 +42,7 @@ wasm-test: bootstrap
 lint: bootstrap
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --locked --workspace --all-targets -- -D warnings
-	$(CARGO) clippy --locked -p blobsteer-wasm --target wasm32-wasip1 -- -D warnings
+	$(CARGO) clippy --locked -p blobsteer-wasm -p blobsteer-noop --target wasm32-wasip1 -- -D warnings
 
 e2e: build
 	$(PYTHON) -m unittest discover -s scripts/e2e -v
