@@ -1,0 +1,982 @@
+#!/usr/bin/env python3
+"""blobsteer side by side with what a user would pick instead, on this machine, in one run.
+
+    python3 scripts/bench/compare.py --small-config A --full-config B --json OUT
+        [--rounds N] [--slice S] [--latency-slice S] [--wasm W] [--noop-wasm W] [--envoy E]
+
+Scenarios (every request is sent once and checked before any load, see `probe`):
+  redirect     (a) a blob GET from a client the table maps: a 307 to its backend's blob URL
+  passthrough  (b) a blob GET from a client it does not map: a 1 KiB blob from the upstream
+  manifest     (c) a tag request for an 8-layer OCI image manifest from a mapped client
+  index        (d) a tag request for an OCI index of 2 such manifests: blobsteer fetches and
+               rewrites both children for every request
+
+Contenders, each its own server with one worker (Envoy --concurrency 1, nginx
+worker_processes 1), all started at once and idle but for the one under load:
+  envoy            Envoy, no filter: a route redirect (307 to a fixed host) for (a), the
+                   router alone for (b)-(d)
+  noop-wasm        the same plus a proxy-wasm filter that does nothing (filter/noop), built by
+                   the same toolchain: the floor of any wasm filter
+  lua-<table>      the same plus an Envoy Lua filter doing blobsteer's blob redirect from the
+                   same table (envoy/bench-steer.lua.in)
+  blobsteer-<table>  the same plus blobsteer (manifest rewriting on)
+  blobsteer-tuned-<table>  blobsteer with every Envoy setting that raised its redirect rate
+                   (HCM_TUNING), for (a)
+  nginx-<table>    nginx: a `geo` map made from the same table, `return 307` for (a),
+                   `proxy_pass` (upstream keepalive) for (b)
+<table> is `demo` (A, the three-backend demo config) or `full` (B, every AWS, GCP and Azure
+region from ../shared/data). The upstream is nginx serving static files on its own core share.
+
+Each round loads every contender of each scenario in turn (the order reversed every other
+round, so drift hits all alike): --slice seconds of `wrk -t1 -c16` (throughput, and latency
+under load), then --latency-slice seconds of `wrk -t1 -c1` (the latency of one request at a
+time: what a filter adds to a request). After each slice the answers are checked: wrk's count
+of errors, Envoy's count of 2xx/3xx, blobsteer's own counters (every request redirected,
+passed, or rewritten as the scenario says). The CPU time of each server (every thread of its
+process group) is read around each slice: CPU per request is the figure least moved by a
+shared machine. Every raw sample goes to --json; scripts/bench/report.py turns it into
+BENCHMARKS.md. Servers are our children, PID files in the run dir, stopped by PID on the way
+out (also on Ctrl-C, SIGTERM and errors).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import hashlib
+import ipaddress
+import json
+import os
+import random
+import re
+import shlex
+import shutil
+import signal
+import string
+import subprocess
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import table as tb  # scripts/bench/table.py: configs, request mix, wrk, machine, helpers
+
+stk = tb.stk
+REPO_ROOT = stk.REPO_ROOT
+ENVOY_TEMPLATE = stk.ENVOY_DIR / "compare.yaml.in"
+LUA_TEMPLATE = stk.ENVOY_DIR / "bench-steer.lua.in"
+DEFAULT_NOOP_WASM = REPO_ROOT / "target" / "wasm32-wasip1" / "release" / "noop.wasm"
+DEFAULT_RUN_DIR = REPO_ROOT / ".run" / "bench" / "compare"
+
+TABLES = ("demo", "full")  # A and B
+THROUGHPUT_CONNECTIONS = 16
+LATENCY_CONNECTIONS = 1
+STARTUP_TIMEOUT = 60.0
+FLOOR_HOST = "mirror.example"  # the route redirect's fixed host (envoy/compare.yaml.in)
+# Clients no table maps: documentation ranges (RFC 5737, RFC 3849).
+UNMAPPED_CLIENTS = ("192.0.2.10", "198.51.100.7", "203.0.113.9", "2001:db8::1")
+# Envoy settings that make every request cheaper; measured on blobsteer as `blobsteer-tuned`.
+HCM_TUNING = {
+    # A UUID per request (x-request-id) costs a random draw and formatting; nothing here uses it.
+    "generate_request_id": False,
+}
+LAYERS = 8  # layers of the manifest of (c) and of each child of (d)
+CHILDREN = ("amd64", "arm64")  # platforms of the index of (d)
+SMALL_BLOB_BYTES = 1024
+HTTP_CLASSES = ("2xx", "3xx", "4xx", "5xx")
+OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
+OCI_INDEX = "application/vnd.oci.image.index.v1+json"
+OCI_CONFIG = "application/vnd.oci.image.config.v1+json"
+OCI_LAYER = "application/vnd.oci.image.layer.v1.tar+gzip"
+
+
+# ---------------------------------------------------------------------------------------------
+# What is served and asked
+
+
+def sha256(data: bytes) -> str:
+    """`sha256:<hex>` of `data`."""
+    return "sha256:" + hashlib.sha256(data).hexdigest()
+
+
+def image_manifest(platform: str) -> bytes:
+    """An OCI image manifest with a config and LAYERS layers, distinct per platform."""
+    def descriptor(media_type: str, what: str, size: int) -> dict:
+        return {"mediaType": media_type, "digest": sha256(what.encode()), "size": size}
+
+    manifest = {
+        "schemaVersion": 2,
+        "mediaType": OCI_MANIFEST,
+        "config": descriptor(OCI_CONFIG, f"config-{platform}", 1469),
+        "layers": [
+            descriptor(OCI_LAYER, f"layer-{platform}-{n}", 1_000_000 + 4099 * n)
+            for n in range(LAYERS)
+        ],
+    }
+    return json.dumps(manifest, indent=3).encode()
+
+
+@dataclasses.dataclass(frozen=True)
+class Content:
+    """What the upstream serves: a small blob, an image manifest, an index and its children."""
+
+    blob: bytes
+    manifest: bytes
+    index: bytes
+    children: dict[str, bytes]  # digest -> manifest
+
+    @classmethod
+    def make(cls) -> Content:
+        """The bench's content, the same every run."""
+        children = {}
+        entries = []
+        for platform in CHILDREN:
+            child = image_manifest(platform)
+            children[sha256(child)] = child
+            entries.append({
+                "mediaType": OCI_MANIFEST,
+                "digest": sha256(child),
+                "size": len(child),
+                "platform": {"architecture": platform, "os": "linux"},
+            })
+        index = {"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": entries}
+        blob = bytes(random.Random(1).getrandbits(8) for _ in range(SMALL_BLOB_BYTES))
+        return cls(blob, image_manifest("image"), json.dumps(index, indent=3).encode(), children)
+
+    @property
+    def blob_path(self) -> str:
+        """The small blob's path (under /v2/bench/, which no route redirect takes)."""
+        return f"/v2/bench/small/blobs/{sha256(self.blob)}"
+
+    def write(self, root: Path) -> None:
+        """The files the upstream nginx serves."""
+        (root / "children").mkdir(parents=True, exist_ok=True)
+        (root / "blob").write_bytes(self.blob)
+        (root / "manifest.json").write_bytes(self.manifest)
+        (root / "index.json").write_bytes(self.index)
+        for digest, child in self.children.items():
+            (root / "children" / digest.partition(":")[2]).write_bytes(child)
+
+
+MANIFEST_PATH = "/v2/bench/image/manifests/latest"
+INDEX_PATH = "/v2/bench/index/manifests/latest"
+
+
+@dataclasses.dataclass(frozen=True)
+class Scenario:
+    """One kind of request, sent with each client of `clients` in turn."""
+
+    name: str
+    letter: str
+    title: str
+    paths: tuple[str, ...]  # cycled with the clients
+    clients: tuple[str, ...]  # x-forwarded-for values
+    status_class: str  # what Envoy must count for every request: "2xx" or "3xx"
+    blobsteer_counter: str  # wasmcustom.blobsteer.<this> must grow by every request
+
+    def requests(self) -> list[tuple[str, str]]:
+        """(path, x-forwarded-for) pairs of the load, in order."""
+        count = max(len(self.paths), len(self.clients))
+        return [
+            (self.paths[i % len(self.paths)], self.clients[i % len(self.clients)])
+            for i in range(count)
+        ]
+
+
+def scenarios(blobs: Sequence[tb.BlobRequest], content: Content) -> dict[str, Scenario]:
+    """The four scenarios; `blobs` are requests whose client both tables map."""
+    mapped = tuple(r.xff for r in blobs)
+    return {
+        s.name: s
+        for s in (
+            Scenario("redirect", "a", "blob redirect, mapped client",
+                     tuple(r.path for r in blobs), mapped, "3xx", "redirected"),
+            Scenario("passthrough", "b", f"pass-through of a {SMALL_BLOB_BYTES} B blob, "
+                     "unmapped client", (content.blob_path,), UNMAPPED_CLIENTS, "2xx",
+                     "passed_no_backend"),
+            Scenario("manifest", "c", f"manifest rewrite, {LAYERS}-layer image (tag request)",
+                     (MANIFEST_PATH,), mapped, "2xx", "manifest_rewritten"),
+            Scenario("index", "d", f"index rewrite, {len(CHILDREN)} children fetched and "
+                     "rewritten (tag request)", (INDEX_PATH,), mapped, "2xx",
+                     "manifest_rewritten"),
+        )
+    }  # fmt: skip
+
+
+# ---------------------------------------------------------------------------------------------
+# Servers
+
+
+def free_ports(count: int) -> list[int]:
+    """`count` consecutive ports free now, below the ephemeral range (see stack.Ports.free)."""
+    ephemeral_low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    rng = random.Random()
+    for _ in range(50):
+        base = rng.randrange(12000, max(13000, ephemeral_low - count - 100), 100)
+        ports = list(range(base, base + count))
+        if all(map(stk.port_is_free, ports)):
+            return ports
+    raise tb.BenchError(f"no {count} free consecutive ports found below the ephemeral range")
+
+
+class NginxServer(stk.ManagedProcess):
+    """nginx with one worker running `config` (its `http` block's contents), logging errors to
+    `<run_dir>/<name>.log`; ready when it answers on `port`."""
+
+    def __init__(self, name: str, run_dir: Path, http_block: str, port: int):
+        super().__init__(name, run_dir, run_dir / f"{name}.log")
+        self.http_block = http_block
+        self.port = port
+
+    def command(self) -> list[str]:
+        """Write `<name>.conf`."""
+        prefix = self.run_dir / self.name
+        (prefix / "tmp").mkdir(parents=True, exist_ok=True)
+        # As root, workers would drop to `nobody`, who may not read a private run dir.
+        user = "user root root;\n" if os.geteuid() == 0 else ""
+        temp_paths = "".join(
+            f"  {kind}_temp_path {prefix}/tmp/{kind};\n"
+            for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
+        )
+        config = (
+            f"{user}daemon off;\nworker_processes 1;\npid {prefix}/nginx.pid;\n"
+            f"error_log {self.log_path} warn;\n"
+            "events { worker_connections 4096; }\n"
+            f"http {{\n  access_log off;\n{temp_paths}{self.http_block}}}\n"
+        )
+        path = self.run_dir / f"{self.name}.conf"
+        path.write_text(config)
+        return ["nginx", "-p", str(prefix), "-c", str(path), "-e", str(self.log_path)]
+
+    def ready(self) -> bool:
+        """Something answers HTTP on the port."""
+        return stk.http_status(self.port, "/-/ready") is not None
+
+
+def upstream_http_block(root: Path, port: int) -> str:
+    """The upstream: the small blob, the manifest, the index and its children, as a registry
+    serves them (content types by path), from files under `root`."""
+    return (
+        "  types { }\n  sendfile on;\n  keepalive_requests 1000000;\n"
+        "  server {\n"
+        f"    listen {stk.LOOPBACK}:{port};\n"
+        f"    root {root};\n"
+        "    location = /-/ready { return 200 \"ok\\n\"; }\n"
+        '    location ~ "^/v2/bench/small/blobs/sha256:[0-9a-f]{64}$" {\n'
+        "      default_type application/octet-stream; alias " + f"{root}/blob;\n    }}\n"
+        f"    location = {MANIFEST_PATH} {{\n"
+        f"      default_type {OCI_MANIFEST}; alias {root}/manifest.json;\n    }}\n"
+        f"    location = {INDEX_PATH} {{\n"
+        f"      default_type {OCI_INDEX}; alias {root}/index.json;\n    }}\n"
+        '    location ~ "^/v2/bench/index/manifests/sha256:(?<child>[0-9a-f]{64})$" {\n'
+        f"      default_type {OCI_MANIFEST}; alias {root}/children/$child;\n    }}\n"
+        "    location / { return 404; }\n"
+        "  }\n"
+    )
+
+
+def nginx_location(template: str) -> str:
+    """A blob_url template as an nginx string over the blob location's captures."""
+    values = {
+        "digest": "$steer_digest",
+        "algorithm": "sha256",
+        "encoded": "$steer_encoded",
+        "repository": "$steer_repo",
+    }
+    return re.sub(r"\{(\w+)\}", lambda m: values[m[1]], template)
+
+
+EMPTY = '""'  # nginx's empty string: a non-routable prefix names no backend
+
+
+def nginx_geo_http_block(config: tb.FilterConfig, port: int, upstream_port: int) -> str:
+    """nginx doing blobsteer's blob redirect from the same table: a `geo` map of the client
+    (the last x-forwarded-for address, as blobsteer with 0 trusted hops: `proxy` trusts the
+    benchmark's loopback connections) to its backend, `return 307` to the backend's blob URL;
+    everything else proxied to the upstream over kept-alive connections, as Envoy does."""
+    geo = []
+    for (version, length), table in sorted(config.prefixes.items()):
+        for network, backend in sorted(table.items()):
+            address = ipaddress.IPv4Address(network) if version == 4 else ipaddress.IPv6Address(network)
+            geo.append(f"    {address}/{length} {backend or EMPTY};\n")
+    locations = "".join(
+        f"    {name} \"{nginx_location(template)}\";\n"
+        for name, template in sorted(config.blob_urls.items())
+    )
+    proxy = (
+        "proxy_pass http://upstream; proxy_http_version 1.1; proxy_set_header Connection \"\";"
+    )
+    return (
+        "  types { }\n  default_type application/octet-stream;\n"
+        # Envoy has no limit of requests per downstream connection; nginx's default is 1000.
+        "  keepalive_requests 1000000;\n"
+        f"  upstream upstream {{ server {stk.LOOPBACK}:{upstream_port}; keepalive 64; }}\n"
+        "  geo $steer_backend {\n    proxy 127.0.0.1;\n    default \"\";\n"
+        + "".join(geo)
+        + "  }\n"
+        "  map $steer_backend $steer_location {\n    default \"\";\n"
+        + locations
+        + "  }\n"
+        "  server {\n"
+        f"    listen {stk.LOOPBACK}:{port};\n"
+        "    location ~ \"^/v2/(?<steer_repo>.+)/blobs/(?<steer_digest>sha256:"
+        "(?<steer_encoded>[0-9a-f]{64}))$\" {\n"
+        "      if ($steer_location) { return 307 $steer_location; }\n"
+        f"      {proxy}\n    }}\n"
+        f"    location / {{ {proxy} }}\n"
+        "  }\n"
+    )
+
+
+def lua_source(config: tb.FilterConfig) -> str:
+    """envoy/bench-steer.lua.in rendered with `config`'s table and templates."""
+    names = sorted(config.blob_urls)
+    index = {name: i + 1 for i, name in enumerate(names)}
+    data = []
+    for (version, length), table in sorted(config.prefixes.items()):
+        for network, backend in sorted(table.items()):
+            value = index[backend] if backend else 0
+            if version == 4:
+                data.append(f"4 {length} {network >> (32 - length)} {value}")
+            else:
+                if length == 0:
+                    raise tb.BenchError("::/0 cannot be written in the Lua filter's data")
+                data.append(f"6 {length} {format(network, '0128b')[:length]} {value}")
+    templates = "\n".join(f"  [{index[n]}] = {json.dumps(config.blob_urls[n])}," for n in names)
+    return string.Template(LUA_TEMPLATE.read_text()).substitute(
+        TRUSTED_HOPS=config.xff_num_trusted_hops,
+        STATUS=307,
+        TEMPLATES=templates,
+        DATA="\n".join(data),
+    )
+
+
+def wasm_filter(name: str, wasm: Path, configuration: str | None) -> dict:
+    """An envoy.filters.http.wasm entry, as in envoy/demo.yaml.in."""
+    config: dict = {
+        "name": name,
+        "root_id": name,
+        "vm_config": {
+            "vm_id": name,
+            "runtime": "envoy.wasm.runtime.v8",
+            "code": {"local": {"filename": str(wasm)}},
+        },
+        "failure_policy": "FAIL_OPEN",
+        "allow_on_headers_stop_iteration": True,
+    }
+    if configuration is not None:
+        config["configuration"] = {
+            "@type": "type.googleapis.com/google.protobuf.StringValue",
+            "value": configuration,
+        }
+    return {
+        "name": "envoy.filters.http.wasm",
+        "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm",
+            "config": config,
+        },
+    }
+
+
+def lua_filter(source: str) -> dict:
+    """An envoy.filters.http.lua entry running `source`."""
+    return {
+        "name": "envoy.filters.http.lua",
+        "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.http.lua.v3.Lua",
+            "default_source_code": {"inline_string": source},
+        },
+    }
+
+
+def envoy_config(
+    ports: tuple[int, int], upstream_port: int, filters: Sequence[dict], tuning: dict
+) -> str:
+    """envoy/compare.yaml.in with `filters` before the router (YAML flow style is JSON)."""
+    listener, admin = ports
+    return stk.render_template(
+        ENVOY_TEMPLATE,
+        {
+            "ADMIN_PORT": admin,
+            "LISTENER_PORT": listener,
+            "UPSTREAM_PORT": upstream_port,
+            "HTTP_FILTERS": "".join(f"\n          - {json.dumps(f)}" for f in filters),
+            "HCM_TUNING": "".join(f"\n          {k}: {json.dumps(v)}" for k, v in tuning.items()),
+        },
+    )
+
+
+@dataclasses.dataclass
+class Contender:
+    """One server under test: what it is, the table it holds, the scenarios it takes."""
+
+    name: str
+    kind: str  # envoy, noop-wasm, lua, blobsteer, blobsteer-tuned, nginx
+    table: str | None  # demo, full, or None when the contender has no table
+    scenarios: tuple[str, ...]
+    server: stk.ManagedProcess
+    port: int
+    admin_port: int | None = None  # Envoy only
+
+    @property
+    def is_envoy(self) -> bool:
+        """Whether Envoy (admin stats to check) rather than nginx."""
+        return self.admin_port is not None
+
+
+def contenders(
+    args: argparse.Namespace,
+    run_dir: Path,
+    configs: dict[str, tb.FilterConfig],
+    upstream_port: int,
+) -> list[Contender]:
+    """Every contender, unstarted, each with ports of its own."""
+    plan: list[tuple[str, str, str | None, tuple[str, ...]]] = [
+        ("envoy", "envoy", None, ("redirect", "passthrough", "manifest", "index")),
+        ("noop-wasm", "noop-wasm", None, ("redirect", "passthrough", "manifest", "index")),
+    ]
+    for table in TABLES:
+        plan += [
+            (f"lua-{table}", "lua", table, ("redirect", "passthrough")),
+            (f"blobsteer-{table}", "blobsteer", table,
+             ("redirect", "passthrough", "manifest", "index")),
+            (f"blobsteer-tuned-{table}", "blobsteer-tuned", table, ("redirect",)),
+            (f"nginx-{table}", "nginx", table, ("redirect", "passthrough")),
+        ]  # fmt: skip
+    ports = iter(free_ports(2 * len(plan)))
+    made = []
+    for name, kind, table, taken in plan:
+        listener, admin = next(ports), next(ports)
+        directory = run_dir / name
+        if kind == "nginx":
+            block = nginx_geo_http_block(configs[table], listener, upstream_port)
+            server: stk.ManagedProcess = NginxServer(name, directory, block, listener)
+            made.append(Contender(name, kind, table, taken, server, listener))
+            continue
+        filters = {
+            "envoy": [],
+            "noop-wasm": [wasm_filter("noop", args.noop_wasm, None)],
+            "lua": lambda: [lua_filter(lua_source(configs[table]))],
+            "blobsteer": lambda: [wasm_filter("blobsteer", args.wasm, configs[table].text)],
+        }[kind.removesuffix("-tuned")]
+        filters = filters() if callable(filters) else filters
+        tuning = HCM_TUNING if kind.endswith("-tuned") else {}
+        text = envoy_config((listener, admin), upstream_port, filters, tuning)
+        server = stk.EnvoyProcess(directory, text, admin, [listener], binary=args.envoy)
+        made.append(Contender(name, kind, table, taken, server, listener, admin))
+    return made
+
+
+# ---------------------------------------------------------------------------------------------
+# Checking answers
+
+
+def expected_location(contender: Contender, configs: dict, path: str, xff: str) -> str:
+    """The Location contender should answer a blob GET of (a) with."""
+    if contender.table is None:  # Envoy's route redirect: same path, fixed host
+        return f"https://{FLOOR_HOST}{path}"
+    config = configs[contender.table]
+    match = stk.BLOB_PATH.match(path)
+    client = xff.split(",")[-1 - config.xff_num_trusted_hops].strip()
+    return config.location(config.backend_for(client), match["name"], match["digest"])
+
+
+def check_rewrite(body: bytes, headers: dict, original: bytes, urls: str | None) -> str | None:
+    """Why a rewritten manifest answer is wrong, or None: its digest header must hash the body,
+    which must differ from `original`; every config and layer of an image (`urls` given) must
+    carry exactly that URL list's backend prefix."""
+    if headers.get("docker-content-digest") != sha256(body):
+        return f"Docker-Content-Digest {headers.get('docker-content-digest')} != {sha256(body)}"
+    if body == original:
+        return "the manifest came back unchanged"
+    if urls is not None:
+        manifest = json.loads(body)
+        for descriptor in [manifest["config"], *manifest["layers"]]:
+            got = descriptor.get("urls", [])
+            if len(got) != 1 or not got[0].startswith(urls):
+                return f"descriptor {descriptor['digest']} has urls {got}, expected {urls}..."
+    return None
+
+
+def probe(contender: Contender, scenario: Scenario, configs: dict, content: Content) -> None:
+    """Send each request of the scenario once; BenchError unless every answer is what this
+    contender must answer (so that what is measured is the work the scenario names)."""
+    rewrites = contender.kind.startswith("blobsteer")
+    for path, xff in scenario.requests():
+        status, raw_headers, body = stk.http_request(
+            contender.port, path, headers={"x-forwarded-for": xff}
+        )
+        headers = {k.lower(): v for k, v in raw_headers.items()}
+        problem = None
+        if scenario.name == "redirect":
+            expected = expected_location(contender, configs, path, xff)
+            if status != 307 or headers.get("location") != expected:
+                problem = f"{status}, Location {headers.get('location')!r}; expected 307 {expected!r}"
+        elif status != 200:
+            problem = f"status {status}"
+        elif scenario.name == "passthrough":
+            problem = None if body == content.blob else "a body that is not the blob"
+        elif not rewrites:
+            original = content.manifest if scenario.name == "manifest" else content.index
+            problem = None if body == original else "a body that is not the upstream's manifest"
+        elif scenario.name == "manifest":
+            config = configs[contender.table]
+            client = xff.split(",")[-1 - config.xff_num_trusted_hops].strip()
+            location = config.location(config.backend_for(client), "bench/image", "sha256:")
+            prefix = location.split("sha256:")[0]
+            problem = check_rewrite(body, headers, content.manifest, prefix)
+        else:
+            problem = check_rewrite(body, headers, content.index, None)
+            digests = {m["digest"] for m in json.loads(body)["manifests"]}
+            if problem is None and digests & set(content.children):
+                problem = "the index still names an original child"
+        if problem:
+            raise tb.BenchError(
+                f"{contender.name} ({scenario.letter}) GET {path} with x-forwarded-for {xff}: "
+                f"{problem}"
+            )
+
+
+# ---------------------------------------------------------------------------------------------
+# Load
+
+
+def wrk_script(requests: Sequence[tuple[str, str]]) -> str:
+    """A wrk Lua script cycling through (path, x-forwarded-for) requests."""
+    lines = ["-- generated by scripts/bench/compare.py", "local requests = {}", "function init()"]
+    lines += [
+        f'  table.insert(requests, wrk.format("GET", "{path}", '
+        f'{{["x-forwarded-for"] = "{xff}"}}))'
+        for path, xff in requests
+    ]
+    lines += [
+        "end",
+        "local i = 0",
+        "function request()",
+        "  i = i % #requests + 1",
+        "  return requests[i]",
+        "end",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def wrk_command(script: Path, port: int, connections: int, seconds: int) -> list[str]:
+    """wrk on loopback: one thread, `connections` connections, latency distribution."""
+    return [
+        "wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--latency",
+        "-s", str(script), f"http://{stk.LOOPBACK}:{port}/",
+    ]  # fmt: skip
+
+
+def group_cpu_ms(pgid: int) -> float:
+    """CPU time so far (ms) of every thread of every process in process group `pgid` (a server
+    we started in its own session: Envoy, or nginx's master and worker)."""
+    total = 0.0
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        with contextlib.suppress(FileNotFoundError, ProcessLookupError, ValueError):
+            fields = (proc / "stat").read_text().rsplit(")", 1)[1].split()
+            if int(fields[2]) == pgid:
+                total += sum(tb.thread_cpu_ms(int(proc.name)).values())
+    return total
+
+
+def envoy_counters(contender: Contender) -> dict[str, int]:
+    """The downstream request counts (and the active-request gauge) and blobsteer's counters."""
+    return tb.stats(
+        contender.admin_port,
+        r"^(http\.main\.downstream_rq_(total|active|completed|2xx|3xx|4xx|5xx)"
+        r"|wasmcustom\.blobsteer\.\w+)$",
+    )
+
+
+def settled_counters(contender: Contender) -> dict[str, int]:
+    """The counters once no request is active (wrk has closed its connections, and Envoy is
+    done with what was in flight), polled with a deadline."""
+    return stk.wait_for(
+        lambda: (c := envoy_counters(contender))["http.main.downstream_rq_active"] == 0 and c,
+        f"{contender.name} to finish its active requests",
+        timeout=10.0,
+    )
+
+
+def load_slice(
+    contender: Contender, scenario: Scenario, script: Path, connections: int, seconds: int
+) -> dict:
+    """One wrk run against `contender`; BenchError unless every answer was right by every count
+    there is (wrk's errors; Envoy's classes; blobsteer's counter of the scenario's action)."""
+    before = settled_counters(contender) if contender.is_envoy else {}
+    cpu_before = group_cpu_ms(contender.server.pid)
+    argv = wrk_command(script, contender.port, connections, seconds)
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=seconds + 30, check=False)
+    cpu_ms = group_cpu_ms(contender.server.pid) - cpu_before
+    if done.returncode != 0:
+        raise tb.BenchError(f"wrk exited with {done.returncode}:\n{done.stdout}{done.stderr}")
+    result = tb.parse_wrk(done.stdout)
+    problems = []
+    if result["non_2xx_3xx"] or any(result["socket_errors"].values()):
+        problems.append(
+            f"wrk saw {result['non_2xx_3xx']} answers >= 400, socket errors "
+            f"{result['socket_errors']}"
+        )
+    counts = {}
+    if contender.is_envoy:
+        after = settled_counters(contender)
+        counts = {k: after[k] - before.get(k, 0) for k in after}
+        total = counts.get("http.main.downstream_rq_total", 0)
+        answered = sum(counts.get(f"http.main.downstream_rq_{c}", 0) for c in HTTP_CLASSES)
+        wanted = counts.get(f"http.main.downstream_rq_{scenario.status_class}", 0)
+        # Requests in flight when wrk stops are reset unanswered: at most one per connection.
+        if wanted == 0 or wanted != answered or total - answered > connections:
+            problems.append(
+                f"Envoy answered {wanted} with {scenario.status_class} of {answered} answered, "
+                f"{total} received"
+            )
+        if contender.kind.startswith("blobsteer"):
+            # Counted when decided: a rewrite once its answer is ready (a request reset before
+            # is not counted), a redirect or a pass when the request arrives.
+            acted = counts.get(f"wasmcustom.blobsteer.{scenario.blobsteer_counter}", 0)
+            if not wanted <= acted <= total:
+                problems.append(
+                    f"blobsteer counted {acted} {scenario.blobsteer_counter}, not between the "
+                    f"{wanted} answered and the {total} received"
+                )
+    if problems:
+        raise tb.BenchError(
+            f"{contender.name} ({scenario.letter}, -c{connections}): {'; '.join(problems)}\n"
+            f"{done.stdout}"
+        )
+    return {
+        "contender": contender.name,
+        "scenario": scenario.name,
+        "connections": connections,
+        **{k: result[k] for k in ("requests_per_s", "requests", "latency_ms")},
+        "cpu_us_per_request": cpu_ms * 1000 / max(result["requests"], 1),
+        "envoy_counts": counts,
+    }
+
+
+def run_rounds(
+    args: argparse.Namespace,
+    made: list[Contender],
+    chosen: dict[str, Scenario],
+    scripts: dict[str, Path],
+) -> list[dict]:
+    """args.rounds rounds: in each, for each scenario, every contender that takes it in turn
+    (reversed every other round), a throughput slice then a latency slice each."""
+    samples = []
+    for round_no in range(1, args.rounds + 1):
+        for scenario in chosen.values():
+            order = [c for c in made if scenario.name in c.scenarios]
+            if round_no % 2 == 0:
+                order.reverse()
+            for contender in order:
+                for connections, seconds in (
+                    (THROUGHPUT_CONNECTIONS, args.slice),
+                    (LATENCY_CONNECTIONS, args.latency_slice),
+                ):
+                    sample = load_slice(
+                        contender, scenario, scripts[scenario.name], connections, seconds
+                    )
+                    samples.append({"round": round_no, **sample})
+            rps = {
+                s["contender"]: s["requests_per_s"]
+                for s in samples[-2 * len(order):]
+                if s["connections"] == THROUGHPUT_CONNECTIONS
+            }
+            tb.log(
+                f"round {round_no} ({scenario.letter}) {scenario.name}: "
+                + ", ".join(f"{name} {value:,.0f}/s" for name, value in rps.items())
+            )
+    return samples
+
+
+# ---------------------------------------------------------------------------------------------
+# Summary
+
+
+def summarize(samples: list[dict], made: list[Contender], chosen: dict[str, Scenario]) -> dict:
+    """Per scenario and contender: medians over rounds of req/s and latency (-c16), latency of
+    one request at a time (-c1), CPU per request."""
+    summary: dict = {}
+    for scenario in chosen.values():
+        per: dict = {}
+        for contender in made:
+            if scenario.name not in contender.scenarios:
+                continue
+            mine = [
+                s for s in samples
+                if s["scenario"] == scenario.name and s["contender"] == contender.name
+            ]  # fmt: skip
+            loaded = [s for s in mine if s["connections"] == THROUGHPUT_CONNECTIONS]
+            single = [s for s in mine if s["connections"] == LATENCY_CONNECTIONS]
+            per[contender.name] = {
+                "kind": contender.kind,
+                "table": contender.table,
+                "requests_per_s": tb.median([s["requests_per_s"] for s in loaded]),
+                "requests_per_s_by_round": [s["requests_per_s"] for s in loaded],
+                "p50_ms_c16": tb.median([s["latency_ms"]["p50"] for s in loaded]),
+                "p99_ms_c16": tb.median([s["latency_ms"]["p99"] for s in loaded]),
+                "p50_ms_c1": tb.median([s["latency_ms"]["p50"] for s in single]),
+                "p50_ms_c1_by_round": [s["latency_ms"]["p50"] for s in single],
+                "cpu_us_per_request": tb.median([s["cpu_us_per_request"] for s in loaded]),
+                "rounds": len(loaded),
+            }
+        summary[scenario.name] = per
+    return summary
+
+
+def paired_ratio(summary: dict, scenario: str, a: str, b: str) -> dict:
+    """a's req/s over b's: the ratio of medians, and the ratios of each round (both measured
+    minutes apart at most), with their median."""
+    first, second = summary[scenario][a], summary[scenario][b]
+    by_round = [
+        x / y for x, y in zip(first["requests_per_s_by_round"], second["requests_per_s_by_round"])
+    ]
+    return {
+        "ratio": tb.ratio(first["requests_per_s"], second["requests_per_s"]),
+        "by_round": by_round,
+        "min": min(by_round),
+        "max": max(by_round),
+    }
+
+
+def latency_added_us(summary: dict, scenario: str, a: str, b: str) -> dict:
+    """a's one-at-a-time median latency minus b's (µs): of medians, and per round."""
+    first, second = summary[scenario][a], summary[scenario][b]
+    by_round = [
+        (x - y) * 1000 for x, y in zip(first["p50_ms_c1_by_round"], second["p50_ms_c1_by_round"])
+    ]
+    return {
+        "added_us": (first["p50_ms_c1"] - second["p50_ms_c1"]) * 1000,
+        "by_round": by_round,
+        "min": min(by_round),
+        "max": max(by_round),
+    }
+
+
+def targets(summary: dict) -> list[dict]:
+    """The issue's targets, each with its measured value and whether it is met."""
+    found = []
+
+    def target(name: str, measured: dict, key: str, passed: bool, goal: str) -> None:
+        found.append({"target": name, "goal": goal, **measured, "value": measured[key],
+                      "pass": passed})  # fmt: skip
+
+    for table in TABLES:
+        if "redirect" in summary:
+            r = paired_ratio(summary, "redirect", f"blobsteer-{table}", "noop-wasm")
+            target(f"(a) redirect, {table} table: blobsteer / no-op wasm", r, "ratio",
+                   r["ratio"] >= 0.9, ">= 0.90")  # fmt: skip
+            r = paired_ratio(summary, "redirect", f"blobsteer-{table}", f"lua-{table}")
+            target(f"(a) redirect, {table} table: blobsteer / Lua", r, "ratio", r["ratio"] > 1.0,
+                   "> 1.00")  # fmt: skip
+            r = paired_ratio(summary, "redirect", f"blobsteer-{table}", f"nginx-{table}")
+            target(f"(a) redirect, {table} table: blobsteer / nginx geo", r, "ratio", True,
+                   "reported")  # fmt: skip
+            r = paired_ratio(summary, "redirect", f"blobsteer-tuned-{table}", f"nginx-{table}")
+            target(f"(a) redirect, {table} table: blobsteer tuned / nginx geo", r, "ratio", True,
+                   "reported")  # fmt: skip
+        if "passthrough" in summary:
+            r = paired_ratio(summary, "passthrough", f"blobsteer-{table}", "noop-wasm")
+            target(f"(b) pass-through, {table} table: blobsteer / no-op wasm", r, "ratio",
+                   r["ratio"] >= 0.95, ">= 0.95")  # fmt: skip
+            r = paired_ratio(summary, "passthrough", f"blobsteer-{table}", f"nginx-{table}")
+            target(f"(b) pass-through, {table} table: blobsteer / nginx proxy", r, "ratio", True,
+                   "reported")  # fmt: skip
+        for scenario in ("manifest", "index"):
+            if scenario in summary:
+                d = latency_added_us(summary, scenario, f"blobsteer-{table}", "envoy")
+                letter = "c" if scenario == "manifest" else "d"
+                goal = "< 50 µs" if scenario == "manifest" else "reported"
+                target(f"({letter}) {scenario} rewrite, {table} table: median latency added "
+                       "over Envoy passing it through", d, "added_us",
+                       d["added_us"] < 50 or goal == "reported", goal)  # fmt: skip
+    return found
+
+
+# ---------------------------------------------------------------------------------------------
+# Run
+
+
+def bench_configs(small_path: Path, full_path: Path) -> dict[str, tb.FilterConfig]:
+    """The two filter configs, each with its own table and the same settings: 0 trusted hops,
+    redirect mode, manifest rewriting on, no decision header, no existence checks (a check is a
+    request of its own to a mirror, which would measure the mirror)."""
+    options = {
+        "client_ip": {"xff_num_trusted_hops": 0},
+        "blobs": {"mode": "redirect", "redirect_status": 307},
+        "manifests": {"rewrite": True},
+    }
+    configs = {}
+    for label, path in zip(TABLES, (small_path, full_path)):
+        text = tb.table_with_options(path.read_text(), options)
+        configs[label] = tb.FilterConfig.load(label, path.resolve(), text)
+    return configs
+
+
+def start_all(made: list[Contender], upstream: NginxServer) -> None:
+    """Start the upstream, then every contender (each waits until it answers)."""
+    upstream.start(timeout=STARTUP_TIMEOUT)
+    for contender in made:
+        tb.log(f"starting {contender.name} on 127.0.0.1:{contender.port}")
+        contender.server.start(timeout=STARTUP_TIMEOUT)
+
+
+def command_lines(made: list[Contender], upstream: NginxServer, run_dir: Path) -> dict:
+    """How each kind of server and the load were run (run dir shortened)."""
+    def short(argv: Sequence[str]) -> str:
+        return shlex.join(argv).replace(str(run_dir), "<run dir>")
+
+    seen = {}
+    for contender in made:
+        kind = "envoy" if contender.is_envoy else "nginx"
+        seen.setdefault(kind, short(contender.server.command()))
+    seen["upstream"] = short(upstream.command())
+    for connections in (THROUGHPUT_CONNECTIONS, LATENCY_CONNECTIONS):
+        argv = wrk_command(Path("<run dir>/<scenario>.lua"), 0, connections, 0)
+        seen[f"wrk_c{connections}"] = shlex.join(argv).replace(":0/", ":<port>/").replace(
+            "-d0s", "-d<slice>s"
+        )
+    return seen
+
+
+def run(args: argparse.Namespace, argv: Sequence[str] | None) -> int:
+    """Start everything, probe, load, summarize, write --json."""
+    started = time.monotonic()
+    for path in (args.small_config, args.full_config, args.wasm, args.noop_wasm, args.envoy):
+        if not path.is_file():
+            raise FileNotFoundError(f"{path} not found (make build)")
+    for tool in ("wrk", "nginx"):
+        if not shutil.which(tool):
+            raise FileNotFoundError(f"{tool} not found (scripts/bootstrap installs it)")
+    configs = bench_configs(args.small_config, args.full_config)
+    for label, config in configs.items():
+        for client in UNMAPPED_CLIENTS:
+            if config.backend_for(client) is not None:
+                raise tb.BenchError(f"the {label} table maps {client}, meant to be unmapped")
+    content = Content.make()
+    chosen = scenarios(tb.blob_requests(configs["demo"], configs["full"]), content)
+    if args.scenarios:
+        chosen = {name: chosen[name] for name in args.scenarios}
+    run_dir = tb.prepare_run_dir(args.run_dir)
+    content.write(run_dir / "content")
+    scripts = {}
+    for scenario in chosen.values():
+        scripts[scenario.name] = run_dir / f"{scenario.name}.lua"
+        scripts[scenario.name].write_text(wrk_script(scenario.requests()))
+    upstream_port = free_ports(1)[0]
+    upstream = NginxServer(
+        "upstream", run_dir / "upstream", upstream_http_block(run_dir / "content", upstream_port),
+        upstream_port,
+    )
+    made = contenders(args, run_dir, configs, upstream_port)
+    if args.contenders:
+        made = [c for c in made if any(re.fullmatch(p, c.name) for p in args.contenders)]
+    machine = tb.machine_info(args.envoy, args.wasm)
+    try:
+        start_all(made, upstream)
+        for scenario in chosen.values():
+            for contender in made:
+                if scenario.name in contender.scenarios:
+                    probe(contender, scenario, configs, content)
+        tb.log(f"every contender answers every scenario as it must; {args.rounds} rounds")
+        samples = run_rounds(args, made, chosen, scripts)
+        commands = command_lines(made, upstream, run_dir)
+    finally:
+        for server in [c.server for c in made] + [upstream]:
+            server.stop()
+    machine["loadavg_end"] = os.getloadavg()
+    machine["nginx_version"] = subprocess.run(
+        ["nginx", "-v"], capture_output=True, text=True, check=False
+    ).stderr.strip()
+    machine["wrk_version"] = subprocess.run(
+        ["wrk", "-v"], capture_output=True, text=True, check=False
+    ).stdout.splitlines()[0]
+    summary = summarize(samples, made, chosen)
+    result = {
+        "machine": machine,
+        "commands": {
+            "bench": shlex.join([sys.executable, sys.argv[0], *(sys.argv[1:] if argv is None else argv)]),
+            **commands,
+        },
+        "settings": {
+            "rounds": args.rounds,
+            "slice_s": args.slice,
+            "latency_slice_s": args.latency_slice,
+            "throughput_connections": THROUGHPUT_CONNECTIONS,
+            "latency_connections": LATENCY_CONNECTIONS,
+            "hcm_tuning": HCM_TUNING,
+            "workers": 1,
+        },
+        "scenarios": {
+            s.name: {"letter": s.letter, "title": s.title, "requests": s.requests()}
+            for s in chosen.values()
+        },
+        "contenders": [
+            {"name": c.name, "kind": c.kind, "table": c.table, "scenarios": list(c.scenarios)}
+            for c in made
+        ],
+        "tables": {
+            label: {"path": str(c.path), "prefixes": c.prefix_count, "backends": len(c.blob_urls)}
+            for label, c in configs.items()
+        },
+        "summary": summary,
+        "targets": targets(summary) if not args.contenders else [],
+        "samples": samples,
+        "elapsed_s": time.monotonic() - started,
+    }
+    args.json.write_text(json.dumps(result, indent=2) + "\n")
+    tb.log(f"{len(samples)} samples in {result['elapsed_s']:.0f} s written to {args.json}")
+    return 0
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    """The command line."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--small-config", type=Path, required=True, help="the demo table (A)")
+    parser.add_argument("--full-config", type=Path, required=True, help="the full table (B)")
+    parser.add_argument("--json", type=Path, required=True, help="write the results here")
+    parser.add_argument("--rounds", type=int, default=5, help="rounds (default 5)")
+    parser.add_argument("--slice", type=int, default=2,
+                        help="whole seconds (wrk's unit) of -c16 load per contender and round "
+                        "(default 2)")
+    parser.add_argument("--latency-slice", type=int, default=1,
+                        help="whole seconds of -c1 load per contender and round (default 1)")
+    parser.add_argument("--scenarios", nargs="+", choices=["redirect", "passthrough", "manifest",
+                        "index"], help="only these scenarios")
+    parser.add_argument("--contenders", nargs="+", metavar="REGEX",
+                        help="only contenders whose name matches (no targets are checked)")
+    parser.add_argument("--wasm", type=Path, default=stk.DEFAULT_WASM, help="blobsteer's module")
+    parser.add_argument("--noop-wasm", type=Path, default=DEFAULT_NOOP_WASM,
+                        help="the no-op filter's module")
+    parser.add_argument("--envoy", type=Path,
+                        default=Path(os.environ.get("BLOBSTEER_ENVOY") or stk.DEFAULT_ENVOY),
+                        help="Envoy (default $BLOBSTEER_ENVOY or .venv/bin/envoy)")
+    parser.add_argument("--run-dir", type=Path, default=DEFAULT_RUN_DIR,
+                        help="configs, logs and served files (wiped)")  # fmt: skip
+    args = parser.parse_args(argv)
+    if args.rounds < 1 or min(args.slice, args.latency_slice) <= 0:
+        parser.error("--rounds must be at least 1, slices positive")
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run; 0 when measured (targets met or not: the report says which)."""
+    args = parse_args(argv)
+    signal.signal(signal.SIGTERM, stk.exit_on_sigterm)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        return run(args, argv)
+    except (tb.BenchError, stk.StartupError, TimeoutError, FileNotFoundError) as err:
+        print(f"compare.py: {err}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
