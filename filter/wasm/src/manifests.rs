@@ -3,7 +3,7 @@
 //! `Content-Length`, `Docker-Content-Digest` and `ETag`; remember each digest produced so a
 //! later request for it is served the same bytes.
 
-use crate::http::{now_s, response_status, set_response_header, HttpFilter, Pending};
+use crate::http::{now_s, set_response_header, HttpFilter, Pending};
 use blobsteer_core::digest::Digest;
 use blobsteer_core::existence::{CheckRequest, Known};
 use blobsteer_core::manifest::{self, sha256_digest, Child, Mapping, Untouched};
@@ -20,12 +20,13 @@ const CHILD_TIMEOUT: Duration = Duration::from_secs(10);
 pub struct ManifestJob {
     plan: ManifestPlan,
     client: Option<ClientMatch>,
-    /// The upstream cluster of the route, where an index's children are fetched.
-    cluster: String,
     /// Request headers repeated when fetching children: `:authority`, `:scheme` and the
     /// client's `authorization` (a private repository stays private).
     forward: Vec<(String, String)>,
     content_type: Option<String>,
+    /// The upstream's `Docker-Content-Digest`: the original's digest, remembered with each
+    /// digest produced (hashed here when the upstream does not say it).
+    upstream_digest: Option<String>,
 }
 
 /// An index whose children are being fetched.
@@ -51,9 +52,6 @@ impl HttpFilter {
         client: Option<ClientMatch>,
         headers: &[(String, Vec<u8>)],
     ) -> HostAction {
-        let Some(cluster) = route_cluster() else {
-            return HostAction::Continue;
-        };
         if plan.send_as_get && set_request_header(":method", "GET").is_err() {
             return HostAction::Continue;
         }
@@ -65,7 +63,13 @@ impl HttpFilter {
             })
             .collect();
         self.pending =
-            Pending::Manifest(ManifestJob { plan, client, cluster, forward, content_type: None });
+            Pending::Manifest(ManifestJob {
+            plan,
+            client,
+            forward,
+            content_type: None,
+            upstream_digest: None,
+        });
         HostAction::Continue
     }
 
@@ -102,13 +106,16 @@ impl HttpFilter {
     /// The upstream's headers: hold them while the body is read, unless the answer cannot be
     /// rewritten anyway.
     pub(crate) fn manifest_headers(&mut self, mut job: ManifestJob) -> HostAction {
-        let status = response_status();
+        // One host call for the whole map: each call costs more than a header's bytes do.
+        let headers = hostcalls::get_map_bytes(MapType::HttpResponseHeaders).unwrap_or_default();
         let header = |name: &str| {
-            hostcalls::get_map_value_bytes(MapType::HttpResponseHeaders, name)
-                .ok()
-                .flatten()
-                .and_then(|v| String::from_utf8(v).ok())
+            headers
+                .iter()
+                .find(|(n, _)| n == name)
+                .and_then(|(_, v)| std::str::from_utf8(v).ok())
+                .map(str::to_string)
         };
+        let status = header(":status").and_then(|s| s.parse::<u16>().ok());
         let max = self.filter.config.manifests.max_bytes as usize;
         let refused = if status != Some(200) {
             Some(None)
@@ -130,6 +137,7 @@ impl HttpFilter {
             return HostAction::Continue;
         }
         job.content_type = header("content-type");
+        job.upstream_digest = header("docker-content-digest");
         self.pending = Pending::Buffering(job);
         HostAction::Pause
     }
@@ -192,6 +200,11 @@ impl HttpFilter {
             self.complete(job, read, body_size, &HashMap::new());
             return HostAction::Continue;
         }
+        // The route's cluster, asked only now: an image manifest never needs it.
+        let Some(cluster) = route_cluster() else {
+            self.complete(job, read, body_size, &HashMap::new());
+            return HostAction::Continue;
+        };
         let mut awaiting = HashMap::new();
         for child in children {
             let path = format!("/v2/{}/manifests/{child}", job.plan.repository);
@@ -200,13 +213,12 @@ impl HttpFilter {
             // One line per type: the client may have asked for the index type only, and
             // Distribution answers 404 for an image manifest whose type is not accepted.
             headers.extend(CHILD_TYPES.iter().map(|t| ("accept", *t)));
-            match hostcalls::dispatch_http_call(&job.cluster, headers, None, vec![], CHILD_TIMEOUT)
-            {
+            match hostcalls::dispatch_http_call(&cluster, headers, None, vec![], CHILD_TIMEOUT) {
                 Ok(token) => {
                     awaiting.insert(token, child);
                 }
                 Err(status) => {
-                    log::warn!("cannot fetch index child {child} from {}: {status:?}", job.cluster);
+                    log::warn!("cannot fetch index child {child} from {cluster}: {status:?}");
                     // The children already asked for answer into nothing: complete untouched.
                     self.complete(job, read, body_size, &HashMap::new());
                     return HostAction::Continue;
@@ -319,7 +331,13 @@ impl HttpFilter {
             manifest_unknown(body_size, plan.send_as_get);
             return;
         }
-        let original = read.as_ref().map(|m| sha256_digest(m.bytes())).unwrap_or_default();
+        // Only remembered, never served: a wrong header makes a later request for the produced
+        // digest fail to match it (404), and Distribution always sends the right one; trusting
+        // it saves hashing every manifest twice.
+        let original = match job.upstream_digest.as_deref().filter(|d| is_sha256(d)) {
+            Some(digest) => digest.to_string(),
+            None => read.as_ref().map(|m| sha256_digest(m.bytes())).unwrap_or_default(),
+        };
         let remember = |digest: &str, original: &str| {
             let mapping = Mapping {
                 digest: digest.to_string(),
@@ -356,6 +374,11 @@ impl HttpFilter {
             set_response_header(name, &text);
         }
     }
+}
+
+/// Whether `text` is a digest in the grammar, of sha256.
+fn is_sha256(text: &str) -> bool {
+    Digest::parse(text).is_ok_and(|d| d.algorithm().as_str() == "sha256")
 }
 
 /// Turns the held response into Distribution's `404 MANIFEST_UNKNOWN`.

@@ -242,6 +242,17 @@ impl Reader<'_> {
 
     fn string(&mut self) -> Result<String, JsonError> {
         self.expect(b'"')?;
+        // Most strings (every digest, media type and key of a manifest) have no escape: find
+        // the closing quote and take the bytes at once.
+        let rest = self.input.get(self.at..).unwrap_or_default();
+        if let Some(len) = rest.iter().position(|&b| matches!(b, b'"' | b'\\' | 0x00..=0x1f)) {
+            if rest.get(len) == Some(&b'"') {
+                let text = rest.get(..len).unwrap_or_default();
+                let text = std::str::from_utf8(text).map_err(|_| JsonError::Syntax(self.at))?;
+                self.at += len + 1;
+                return Ok(text.to_owned());
+            }
+        }
         let mut out: Vec<u8> = Vec::new();
         loop {
             let Some(byte) = self.peek() else { return self.error() };

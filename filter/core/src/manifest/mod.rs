@@ -17,7 +17,6 @@ use crate::config::Backend;
 use crate::digest::Digest;
 use json::{JsonError, Node, Value};
 use sha2::{Digest as _, Sha256};
-use std::fmt::Write;
 
 /// OCI image manifest.
 pub const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
@@ -131,10 +130,12 @@ impl Rewritten {
 
 /// `sha256:<hex>` of `bytes`.
 pub fn sha256_digest(bytes: &[u8]) -> String {
+    let hex = |nibble: u8| char::from(if nibble < 10 { b'0' + nibble } else { b'a' - 10 + nibble });
     let mut text = String::with_capacity(71);
     text.push_str("sha256:");
     for byte in Sha256::digest(bytes) {
-        let _ = write!(text, "{byte:02x}");
+        text.push(hex(byte >> 4));
+        text.push(hex(byte & 0xf));
     }
     text
 }
@@ -222,7 +223,8 @@ impl Manifest<'_> {
         // Every digest must pass the grammar before anything is decided about any of them.
         let digests =
             descriptors.iter().map(|d| descriptor_digest(d)).collect::<Result<Vec<_>, _>>()?;
-        let mut insertions: Vec<(usize, String)> = Vec::new();
+        // (where, separator, URL): written out in one pass once every descriptor passed.
+        let mut insertions: Vec<(usize, &str, String)> = Vec::new();
         for (descriptor, digest) in descriptors.into_iter().zip(digests) {
             if descriptor.get("urls").is_some() {
                 continue;
@@ -236,17 +238,24 @@ impl Manifest<'_> {
                 Some((_, last)) => (last.span.end, ","),
                 None => (descriptor.span.start + 1, ""),
             };
-            let url = url(digest).ok_or(Untouched::BlobsUnverified)?;
-            let url = serde_json::to_string(&url).map_err(|_| Untouched::BadDescriptor)?;
-            insertions.push((at, format!("{separator}\"urls\":[{url}]")));
+            insertions.push((at, separator, url(digest).ok_or(Untouched::BlobsUnverified)?));
         }
         if insertions.is_empty() {
             return Err(Untouched::NothingToRewrite);
         }
-        Ok(Rewritten::new(splice(
-            self.bytes,
-            insertions.into_iter().map(|(at, text)| (at..at, text)),
-        )))
+        let added: usize = insertions.iter().map(|(_, _, url)| url.len() + 12).sum();
+        let mut out = Vec::with_capacity(self.bytes.len() + added);
+        let mut copied = 0;
+        for (at, separator, url) in insertions {
+            out.extend_from_slice(self.bytes.get(copied..at).unwrap_or_default());
+            out.extend_from_slice(separator.as_bytes());
+            out.extend_from_slice(b"\"urls\":[");
+            push_json_string(&mut out, &url)?;
+            out.push(b']');
+            copied = at;
+        }
+        out.extend_from_slice(self.bytes.get(copied..).unwrap_or_default());
+        Ok(Rewritten::new(out))
     }
 
     /// The children of an index, as `(digest, platform entry)` in document order.
@@ -445,6 +454,19 @@ impl Manifest<'_> {
             }
         }
     }
+}
+
+/// Appends `text` as a JSON string. Blob URLs need no escape (templates, repositories and
+/// digests are printable ASCII without `"` or `\\`), so they are quoted as they are; anything
+/// else goes through serde_json.
+fn push_json_string(out: &mut Vec<u8>, text: &str) -> Result<(), Untouched> {
+    if text.bytes().all(|b| (0x20..0x7f).contains(&b) && b != b'"' && b != b'\\') {
+        out.push(b'"');
+        out.extend_from_slice(text.as_bytes());
+        out.push(b'"');
+        return Ok(());
+    }
+    serde_json::to_writer(out, text).map_err(|_| Untouched::BadDescriptor)
 }
 
 /// The descriptor's digest, which must pass the grammar.
