@@ -62,8 +62,7 @@ impl HttpFilter {
                 Some((name.clone(), String::from_utf8(value.clone()).ok()?))
             })
             .collect();
-        self.pending =
-            Pending::Manifest(ManifestJob {
+        self.pending = Pending::Manifest(ManifestJob {
             plan,
             client,
             forward,
