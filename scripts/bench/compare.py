@@ -254,9 +254,9 @@ class NginxServer(stk.ManagedProcess):
         return stk.http_status(self.port, "/-/ready") is not None
 
 
-def upstream_http_block(root: Path, port: int) -> str:
+def upstream_http_block(root: Path, port: int, content: Content) -> str:
     """The upstream: the small blob, the manifest, the index and its children, as a registry
-    serves them (content types by path), from files under `root`."""
+    serves them (content type and Docker-Content-Digest by path), from files under `root`."""
     return (
         "  types { }\n  sendfile on;\n  keepalive_requests 1000000;\n"
         "  server {\n"
@@ -266,11 +266,14 @@ def upstream_http_block(root: Path, port: int) -> str:
         '    location ~ "^/v2/bench/small/blobs/sha256:[0-9a-f]{64}$" {\n'
         "      default_type application/octet-stream; alias " + f"{root}/blob;\n    }}\n"
         f"    location = {MANIFEST_PATH} {{\n"
-        f"      default_type {OCI_MANIFEST}; alias {root}/manifest.json;\n    }}\n"
+        f"      default_type {OCI_MANIFEST}; alias {root}/manifest.json;\n"
+        f"      add_header Docker-Content-Digest {sha256(content.manifest)};\n    }}\n"
         f"    location = {INDEX_PATH} {{\n"
-        f"      default_type {OCI_INDEX}; alias {root}/index.json;\n    }}\n"
+        f"      default_type {OCI_INDEX}; alias {root}/index.json;\n"
+        f"      add_header Docker-Content-Digest {sha256(content.index)};\n    }}\n"
         '    location ~ "^/v2/bench/index/manifests/sha256:(?<child>[0-9a-f]{64})$" {\n'
-        f"      default_type {OCI_MANIFEST}; alias {root}/children/$child;\n    }}\n"
+        f"      default_type {OCI_MANIFEST}; alias {root}/children/$child;\n"
+        "      add_header Docker-Content-Digest sha256:$child;\n    }\n"
         "    location / { return 404; }\n"
         "  }\n"
     )
@@ -870,7 +873,7 @@ def run(args: argparse.Namespace, argv: Sequence[str] | None) -> int:
         scripts[scenario.name].write_text(wrk_script(scenario.requests()))
     upstream_port = free_ports(1)[0]
     upstream = NginxServer(
-        "upstream", run_dir / "upstream", upstream_http_block(run_dir / "content", upstream_port),
+        "upstream", run_dir / "upstream", upstream_http_block(run_dir / "content", upstream_port, content),
         upstream_port,
     )
     made = contenders(args, run_dir, configs, upstream_port)
