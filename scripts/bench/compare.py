@@ -29,8 +29,9 @@ region from ../shared/data). The upstream is nginx serving static files on its o
 
 Each round loads every contender of each scenario in turn (the order reversed every other
 round, so drift hits all alike): --slice seconds of `wrk -t1 -c16` (throughput, and latency
-under load), then --latency-slice seconds of `wrk -t1 -c1` (the latency of one request at a
-time: what a filter adds to a request). After each slice the answers are checked: wrk's count
+under load), then, for (c) and (d), --latency-slice seconds of `wrk -t1 -c1` (the latency of
+one request at a time: what a rewrite adds to a request). Many short rounds rather than a few
+long ones: this machine's speed drifts by tens of percent within a minute. After each slice the answers are checked: wrk's count
 of errors, Envoy's count of 2xx/3xx, blobsteer's own counters (every request redirected,
 passed, or rewritten as the scenario says). The CPU time of each server (every thread of its
 process group) is read around each slice: CPU per request is the figure least moved by a
@@ -174,6 +175,7 @@ class Scenario:
     clients: tuple[str, ...]  # x-forwarded-for values
     status_class: str  # what Envoy must count for every request: "2xx" or "3xx"
     blobsteer_counter: str  # wasmcustom.blobsteer.<this> must grow by every request
+    one_at_a_time: bool = False  # also measure the latency of one request at a time (-c1)
 
     def requests(self) -> list[tuple[str, str]]:
         """(path, x-forwarded-for) pairs of the load, in order."""
@@ -196,10 +198,10 @@ def scenarios(blobs: Sequence[tb.BlobRequest], content: Content) -> dict[str, Sc
                      "unmapped client", (content.blob_path,), UNMAPPED_CLIENTS, "2xx",
                      "passed_no_backend"),
             Scenario("manifest", "c", f"manifest rewrite, {LAYERS}-layer image (tag request)",
-                     (MANIFEST_PATH,), mapped, "2xx", "manifest_rewritten"),
+                     (MANIFEST_PATH,), mapped, "2xx", "manifest_rewritten", True),
             Scenario("index", "d", f"index rewrite, {len(CHILDREN)} children fetched and "
                      "rewritten (tag request)", (INDEX_PATH,), mapped, "2xx",
-                     "manifest_rewritten"),
+                     "manifest_rewritten", True),
         )
     }  # fmt: skip
 
@@ -676,18 +678,18 @@ def run_rounds(
             order = [c for c in made if scenario.name in c.scenarios]
             if round_no % 2 == 0:
                 order.reverse()
+            loads = [(THROUGHPUT_CONNECTIONS, args.slice)]
+            if scenario.one_at_a_time:
+                loads.append((LATENCY_CONNECTIONS, args.latency_slice))
             for contender in order:
-                for connections, seconds in (
-                    (THROUGHPUT_CONNECTIONS, args.slice),
-                    (LATENCY_CONNECTIONS, args.latency_slice),
-                ):
+                for connections, seconds in loads:
                     sample = load_slice(
                         contender, scenario, scripts[scenario.name], connections, seconds
                     )
                     samples.append({"round": round_no, **sample})
             rps = {
                 s["contender"]: s["requests_per_s"]
-                for s in samples[-2 * len(order):]
+                for s in samples[-len(loads) * len(order):]
                 if s["connections"] == THROUGHPUT_CONNECTIONS
             }
             tb.log(
@@ -723,7 +725,7 @@ def summarize(samples: list[dict], made: list[Contender], chosen: dict[str, Scen
                 "requests_per_s_by_round": [s["requests_per_s"] for s in loaded],
                 "p50_ms_c16": tb.median([s["latency_ms"]["p50"] for s in loaded]),
                 "p99_ms_c16": tb.median([s["latency_ms"]["p99"] for s in loaded]),
-                "p50_ms_c1": tb.median([s["latency_ms"]["p50"] for s in single]),
+                "p50_ms_c1": tb.median([s["latency_ms"]["p50"] for s in single]) if single else None,
                 "p50_ms_c1_by_round": [s["latency_ms"]["p50"] for s in single],
                 "cpu_us_per_request": tb.median([s["cpu_us_per_request"] for s in loaded]),
                 "rounds": len(loaded),
@@ -733,14 +735,16 @@ def summarize(samples: list[dict], made: list[Contender], chosen: dict[str, Scen
 
 
 def paired_ratio(summary: dict, scenario: str, a: str, b: str) -> dict:
-    """a's req/s over b's: the ratio of medians, and the ratios of each round (both measured
-    minutes apart at most), with their median."""
+    """a's req/s over b's: the ratio of medians, the ratios of each round (both measured
+    a minute apart at most), and the inverse ratio of their CPU time per request."""
     first, second = summary[scenario][a], summary[scenario][b]
     by_round = [
         x / y for x, y in zip(first["requests_per_s_by_round"], second["requests_per_s_by_round"])
     ]
     return {
         "ratio": tb.ratio(first["requests_per_s"], second["requests_per_s"]),
+        # b's CPU time per request over a's: the same ratio, from the figure noise moves least.
+        "cpu_ratio": tb.ratio(second["cpu_us_per_request"], first["cpu_us_per_request"]),
         "by_round": by_round,
         "min": min(by_round),
         "max": max(by_round),
@@ -943,10 +947,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--small-config", type=Path, required=True, help="the demo table (A)")
     parser.add_argument("--full-config", type=Path, required=True, help="the full table (B)")
     parser.add_argument("--json", type=Path, required=True, help="write the results here")
-    parser.add_argument("--rounds", type=int, default=5, help="rounds (default 5)")
-    parser.add_argument("--slice", type=int, default=2,
+    parser.add_argument("--rounds", type=int, default=8, help="rounds (default 8)")
+    parser.add_argument("--slice", type=int, default=1,
                         help="whole seconds (wrk's unit) of -c16 load per contender and round "
-                        "(default 2)")
+                        "(default 1)")
     parser.add_argument("--latency-slice", type=int, default=1,
                         help="whole seconds of -c1 load per contender and round (default 1)")
     parser.add_argument("--scenarios", nargs="+", choices=["redirect", "passthrough", "manifest",
