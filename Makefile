@@ -6,7 +6,6 @@ SHELL := /bin/bash
 CARGO ?= cargo
 PYTHON ?= python3
 WASM := target/wasm32-wasip1/release/blobsteer.wasm
-NOOP_WASM := target/wasm32-wasip1/release/noop.wasm
 CLI := target/release/blobsteer
 
 .PHONY: all bootstrap build wasm cli run test unit wasm-test lint e2e ranges soak bench fuzz clean
@@ -51,7 +50,8 @@ e2e: build
 ranges: cli
 	scripts/ranges
 
-## bench: the core's micro-benchmarks and the full provider table inside Envoy (about 3 minutes)
+## bench: micro-benchmarks, startup and memory, blobsteer side by side with Envoy, Lua and nginx;
+## writes BENCHMARKS.md (about 10 minutes)
 bench: build
 	scripts/bench/all
 

@@ -1,8 +1,11 @@
 //! Micro-benchmarks of the request path on the full table of every AWS, GCP and Azure region
-//! (`../shared/data`): one longest-prefix lookup, one client-IP parse, one whole decision, and
-//! building the table from the configuration (what each wasm VM does at load).
+//! (`../shared/data`): one longest-prefix lookup (blobsteer's table, and the `prefix-trie` crate
+//! on the very same prefixes as a yardstick), client-IP parsing of `x-forwarded-for`, one whole
+//! decision, and building the table from the configuration (what each wasm VM does at load).
 //!
-//! `cargo bench -p blobsteer-core --bench lookup`; medians are what the README quotes.
+//! Every request pays for one client-IP parse and one lookup, so these set the filter's floor.
+//! `cargo bench -p blobsteer-core --bench lookup`; medians are what the README quotes. Without
+//! `../shared/data` it prints a SKIPPED line and exits 0.
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,
@@ -11,9 +14,11 @@
     missing_docs
 )]
 
+use blobsteer_core::client_ip::ClientIpSettings;
 use blobsteer_core::ranges::{import, providers, Cloud, ImportOptions};
-use blobsteer_core::{Config, Request};
+use blobsteer_core::{Config, Request, Target};
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
+use prefix_trie::PrefixMap;
 use std::hint::black_box;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::Path;
@@ -103,11 +108,13 @@ fn addresses() -> &'static [IpAddr] {
             .map(|i| {
                 let inside = i % 4 != 3;
                 let r = next() as usize;
+                // Host bits of the prefix; `checked_shr`, since a /32 (or /128) has none and a
+                // plain shift by the width overflows (and in release wraps to all bits).
                 if i % 2 == 0 {
                     let (base, span) = match inside {
                         true => (
                             u32::from(v4[r % v4.len()].network()),
-                            u32::MAX >> v4[r % v4.len()].prefix_len(),
+                            u32::MAX.checked_shr(v4[r % v4.len()].prefix_len().into()).unwrap_or(0),
                         ),
                         false => (0, u32::MAX),
                     };
@@ -116,7 +123,9 @@ fn addresses() -> &'static [IpAddr] {
                     let (base, span) = match inside {
                         true => (
                             u128::from(v6[r % v6.len()].network()),
-                            u128::MAX >> v6[r % v6.len()].prefix_len(),
+                            u128::MAX
+                                .checked_shr(v6[r % v6.len()].prefix_len().into())
+                                .unwrap_or(0),
                         ),
                         false => (0, u128::MAX),
                     };
@@ -128,29 +137,148 @@ fn addresses() -> &'static [IpAddr] {
     })
 }
 
-/// One longest-prefix match on the full table.
-#[divan::bench(sample_size = 256)]
-fn lookup_full_table(bencher: divan::Bencher) {
-    let table = full_config().table();
-    let set = addresses();
-    let mut i = 0;
-    bencher.bench_local(|| {
-        i = (i + 1) & (SET - 1);
-        table.lookup(black_box(set[i]))
-    });
+/// The same prefixes (every backend's `cidrs` and `non_routable`) in `prefix-trie` maps, one per
+/// family as blobsteer's table has, each prefix leading to the same [`Target`].
+struct Tries {
+    v4: PrefixMap<Ipv4Net, Target>,
+    v6: PrefixMap<Ipv6Net, Target>,
 }
 
-/// One `x-forwarded-for` value parsed (three entries, the rightmost taken).
-#[divan::bench(sample_size = 256)]
-fn client_ip_from_xff(bencher: divan::Bencher) {
-    let config = full_config();
-    let lines: Vec<String> =
-        addresses().iter().map(|a| format!("198.51.100.1, 10.0.0.1, {a}")).collect();
-    let mut i = 0;
-    bencher.bench_local(|| {
-        i = (i + 1) & (SET - 1);
-        config.client_ip.client_ip(black_box(&[lines[i].as_str()]), None)
-    });
+impl Tries {
+    /// The longest match's target, as [`blobsteer_table`](lookup::blobsteer_table) gets it.
+    #[inline]
+    fn lookup(&self, ip: IpAddr) -> Option<Target> {
+        match ip {
+            IpAddr::V4(a) => self.v4.get_lpm(&Ipv4Net::from(a)).map(|(_, t)| *t),
+            IpAddr::V6(a) => self.v6.get_lpm(&Ipv6Net::from(a)).map(|(_, t)| *t),
+        }
+    }
+}
+
+/// The `prefix-trie` maps, checked (once, before any timing) to give blobsteer's answer for
+/// every address of the set and at both edges of every prefix, so the comparison is honest.
+fn tries() -> &'static Tries {
+    static TRIES: OnceLock<Tries> = OnceLock::new();
+    TRIES.get_or_init(|| {
+        let table = full_config().table();
+        let mut tries = Tries { v4: PrefixMap::new(), v6: PrefixMap::new() };
+        for entry in table.entries() {
+            let previous = match entry.prefix {
+                IpNet::V4(net) => tries.v4.insert(net, entry.target),
+                IpNet::V6(net) => tries.v6.insert(net, entry.target),
+            };
+            assert!(previous.is_none(), "{} listed twice", entry.prefix);
+        }
+        let mut probes = addresses().to_vec();
+        for entry in table.entries() {
+            for edge in [entry.prefix.network(), entry.prefix.broadcast()] {
+                probes.push(edge);
+                probes.extend(match edge {
+                    IpAddr::V4(a) => {
+                        let a = u32::from(a);
+                        [a.wrapping_sub(1), a.wrapping_add(1)].map(|a| IpAddr::V4(a.into()))
+                    }
+                    IpAddr::V6(a) => {
+                        let a = u128::from(a);
+                        [a.wrapping_sub(1), a.wrapping_add(1)].map(|a| IpAddr::V6(a.into()))
+                    }
+                });
+            }
+        }
+        let mut matched = 0;
+        for &ip in &probes {
+            let ours = table.lookup(ip).map(|e| e.target);
+            assert_eq!(ours, tries.lookup(ip), "blobsteer and prefix-trie disagree on {ip}");
+            matched += usize::from(ours.is_some());
+        }
+        assert!(matched > probes.len() / 2, "too few probes match: {matched}/{}", probes.len());
+        tries
+    })
+}
+
+/// The addresses of one family of the set (`ipv4`, `ipv6`), or all of them (`mixed`): a power
+/// of two in length either way, half the set per family.
+fn family(name: &str) -> Vec<IpAddr> {
+    let keep = |ip: &IpAddr| match name {
+        "ipv4" => ip.is_ipv4(),
+        "ipv6" => ip.is_ipv6(),
+        _ => true,
+    };
+    let set: Vec<IpAddr> = addresses().iter().copied().filter(keep).collect();
+    assert!(set.len().is_power_of_two(), "{name}: {}", set.len());
+    set
+}
+
+/// One longest-prefix match on the full table, address to target (backend index or
+/// non-routable): blobsteer's table, then `prefix-trie` on the same prefixes and addresses.
+/// `mixed` is the request path's figure; `ipv4` and `ipv6` show each family alone.
+#[divan::bench_group(sample_size = 256)]
+mod lookup {
+    use super::*;
+
+    const FAMILIES: [&str; 3] = ["mixed", "ipv4", "ipv6"];
+
+    #[divan::bench(args = FAMILIES)]
+    fn blobsteer_table(bencher: divan::Bencher, family: &str) {
+        tries(); // Same answers checked before timing, whichever bench runs first.
+        let table = full_config().table();
+        let set = super::family(family);
+        let mask = set.len() - 1;
+        let mut i = 0;
+        bencher.bench_local(|| {
+            i = (i + 1) & mask;
+            table.lookup(black_box(set[i])).map(|e| e.target)
+        });
+    }
+
+    #[divan::bench(args = FAMILIES)]
+    fn prefix_trie(bencher: divan::Bencher, family: &str) {
+        let tries = tries();
+        let set = super::family(family);
+        let mask = set.len() - 1;
+        let mut i = 0;
+        bencher.bench_local(|| {
+            i = (i + 1) & mask;
+            tries.lookup(black_box(set[i]))
+        });
+    }
+}
+
+/// One `x-forwarded-for` value to the client address, through the filter's own function.
+#[divan::bench_group(sample_size = 256)]
+mod client_ip_from_xff {
+    use super::*;
+
+    /// Three entries, the rightmost taken, over the whole address set (half IPv6).
+    #[divan::bench]
+    fn mixed_set(bencher: divan::Bencher) {
+        let config = full_config();
+        let lines: Vec<String> =
+            addresses().iter().map(|a| format!("198.51.100.1, 10.0.0.1, {a}")).collect();
+        let mut i = 0;
+        bencher.bench_local(|| {
+            i = (i + 1) & (SET - 1);
+            config.client_ip.client_ip(black_box(&[lines[i].as_str()]), None)
+        });
+    }
+
+    /// Realistic header shapes: a lone IPv4 or IPv6 client, and a client behind two trusted
+    /// proxies (`xff_num_trusted_hops: 2`, the third entry from the right).
+    #[divan::bench(args = ["ipv4", "ipv6", "chain3_trusted2"])]
+    fn shape(bencher: divan::Bencher, shape: &str) {
+        let (value, hops, want) = match shape {
+            "ipv4" => ("203.0.113.195", 0, "203.0.113.195"),
+            "ipv6" => {
+                ("2001:db8:85a3:8d3:1319:8a2e:370:7348", 0, "2001:db8:85a3:8d3:1319:8a2e:370:7348")
+            }
+            _ => ("198.51.100.17, 10.12.0.3, 172.16.4.20", 2, "198.51.100.17"),
+        };
+        let settings =
+            ClientIpSettings { xff_num_trusted_hops: hops, source_address_fallback: false };
+        let got = settings.client_ip(&[value], None).map(|(ip, _)| ip);
+        assert_eq!(got, Some(want.parse().unwrap()), "{shape}");
+        bencher.bench_local(|| settings.client_ip(black_box(&[value]), None));
+    }
 }
 
 /// The whole request decision for a blob GET: path grammar, client IP, lookup, Location.

@@ -102,6 +102,8 @@ trait Bits: Copy + Ord + Default {
     fn prev(self) -> Self;
     /// The top 16 bits: the bucket of the first-level index.
     fn bucket(self) -> usize;
+    /// Whether a bucket's ranges are searched through [`Ranges::fences`] rather than directly.
+    const FENCED: bool;
 }
 
 impl Bits for u32 {
@@ -114,6 +116,8 @@ impl Bits for u32 {
     fn bucket(self) -> usize {
         (self >> 16) as usize
     }
+    // IPv4 prefixes spread over thousands of /16s with a few ranges each: a plain search.
+    const FENCED: bool = false;
 }
 
 impl Bits for u128 {
@@ -126,6 +130,9 @@ impl Bits for u128 {
     fn bucket(self) -> usize {
         (self >> 112) as usize
     }
+    // IPv6 prefixes cluster in a few /16s (16 for all of AWS, GCP and Azure, thousands of
+    // ranges in the largest): fenced.
+    const FENCED: bool = true;
 }
 
 /// Buckets of the first-level index: one per value of the top 16 bits, plus an end marker.
@@ -133,6 +140,10 @@ const BUCKETS: usize = (1 << 16) + 1;
 
 /// Below this many ranges a plain binary search is as fast, and the index (256 KiB) not worth it.
 const INDEXED_FROM: usize = 256;
+
+/// Ranges per block behind a fence: a fenced lookup binary-searches the fences (one start in
+/// `FANOUT`: dense, so mostly cached) and then counts through one block of consecutive starts.
+const FANOUT: usize = 16;
 
 /// A prefix as an inclusive integer range.
 #[derive(Debug, Clone, Copy)]
@@ -147,13 +158,16 @@ struct Span<B> {
 ///
 /// `buckets[h]` is the first range starting at or after bucket `h` (top 16 bits), so a lookup
 /// searches only the ranges that start in its own bucket, plus the one before them: a few
-/// probes instead of a search over the whole table.
+/// probes instead of a search over the whole table. In a fenced family the search of a bucket
+/// runs over `fences` first, then through one block of at most [`FANOUT`] starts.
 #[derive(Debug, Clone, Default)]
 struct Ranges<B> {
     starts: Vec<B>,
     ends: Vec<B>,
     owners: Vec<u32>,
     buckets: Vec<u32>,
+    /// `fences[j]` is `starts[j * FANOUT]` (empty unless [`Bits::FENCED`]).
+    fences: Vec<B>,
 }
 
 impl<B: Bits> Ranges<B> {
@@ -163,13 +177,32 @@ impl<B: Bits> Ranges<B> {
             (Some(&low), Some(&high)) => (low as usize, high as usize),
             _ => (0, self.starts.len()),
         };
-        let after = low + self.starts.get(low..high)?.partition_point(|&start| start <= key);
+        let after = if B::FENCED {
+            let (low, high) = self.block(low, high, key)?;
+            // At most FANOUT starts: counting them all has no data-dependent branch, and beats
+            // the dependent steps of a binary search on 128-bit keys.
+            low + self.starts.get(low..high)?.iter().filter(|&&start| start <= key).count()
+        } else {
+            low + self.starts.get(low..high)?.partition_point(|&start| start <= key)
+        };
         let i = after.checked_sub(1)?;
         if *self.ends.get(i)? >= key {
             self.owners.get(i).copied()
         } else {
             None
         }
+    }
+
+    /// The block of `low..high` holding the last range that starts at or before `key`: the one
+    /// after the last fence passed, or the ranges before the first fence if none was.
+    fn block(&self, low: usize, high: usize, key: B) -> Option<(usize, usize)> {
+        let (first, last) = (low.div_ceil(FANOUT), high.div_ceil(FANOUT));
+        let passed = self.fences.get(first..last)?.partition_point(|&fence| fence <= key);
+        let block_low = match passed.checked_sub(1) {
+            Some(fence) => (first + fence) * FANOUT,
+            None => low,
+        };
+        Some((block_low, high.min((first + passed) * FANOUT)))
     }
 
     /// Sweeps the prefixes in address order with a stack of the ones still open: the top of the
@@ -211,6 +244,9 @@ impl<B: Bits> Ranges<B> {
         }
         while let Some(top) = open.pop() {
             out.emit(&mut cursor, top.end, top.index);
+        }
+        if B::FENCED {
+            out.fences = out.starts.iter().step_by(FANOUT).copied().collect();
         }
         if out.starts.len() >= INDEXED_FROM {
             out.buckets = Vec::with_capacity(BUCKETS);
@@ -384,9 +420,24 @@ mod tests {
 
     #[test]
     fn agrees_with_brute_force_v6() {
+        let t = brute_force_v6(50);
+        assert!(t.range_counts().1 >= INDEXED_FROM, "{:?}", t.range_counts());
+    }
+
+    /// Small enough to go without the first-level index, large enough for several fences.
+    #[test]
+    fn agrees_with_brute_force_v6_unindexed() {
+        let t = brute_force_v6(6);
+        let ranges = t.range_counts().1;
+        assert!((3 * FANOUT..INDEXED_FROM).contains(&ranges), "{ranges}");
+    }
+
+    /// `per_length` prefixes of each of several lengths, nested and disjoint, in 2600::/16;
+    /// the table is checked against brute force at and around the edges of every prefix.
+    fn brute_force_v6(per_length: u128) -> CidrTable<usize> {
         let mut prefixes = Vec::new();
         for len in [16u8, 20, 32, 33, 36, 48, 64, 128] {
-            for k in 0..50u128 {
+            for k in 0..per_length {
                 let addr = (0x2600u128 << 112) | (k.wrapping_mul(0x0123_4567_89ab_cdef_0011) << 40);
                 let net = ipnet::Ipv6Net::new(addr.into(), len).unwrap().trunc();
                 prefixes.push(net.to_string());
@@ -396,7 +447,6 @@ mod tests {
         prefixes.dedup();
         let refs: Vec<&str> = prefixes.iter().map(String::as_str).collect();
         let t = table(&refs);
-        assert!(t.range_counts().1 >= INDEXED_FROM, "{:?}", t.range_counts());
         let nets: Vec<IpNet> = refs.iter().map(|p| p.parse().unwrap()).collect();
         let mut probes = Vec::new();
         for net in &nets {
@@ -410,6 +460,7 @@ mod tests {
             }
         }
         assert_brute_force(&t, &nets, &probes);
+        t
     }
 
     fn assert_brute_force(t: &CidrTable<usize>, nets: &[IpNet], probes: &[IpAddr]) {
