@@ -143,10 +143,17 @@ class StackTestCase(unittest.TestCase):
     with_containerd = False
 
     @classmethod
+    def options_for(cls, ports: stk.Ports) -> dict:
+        """Stack options that depend on the ports chosen (added to `stack_options`)."""
+        return {}
+
+    @classmethod
     def setUpClass(cls) -> None:
         run_dir = RUN_ROOT / cls.__name__
         shutil.rmtree(run_dir, ignore_errors=True)
-        cls.stack = stk.Stack(run_dir, ports=free_ports(), **cls.stack_options)
+        ports = free_ports()
+        options = {**cls.stack_options, **cls.options_for(ports)}
+        cls.stack = stk.Stack(run_dir, ports=ports, **options)
         cls.stack.start()
         cls.addClassCleanup(cls.stack.stop)
         if cls.with_containerd:

@@ -123,3 +123,46 @@ class ManifestRewriteTest(StackTestCase):
         for via in ("unmapped", "garbage"):
             status, got, body = self.manifest("GET", "1.0", via=via)
             self.assertEqual((status, sha256(body)), (200, self.image.index.digest))
+
+
+class RewriteCacheTest(StackTestCase):
+    """Backends without existence checks: each VM keeps its rewrites, so the second tag request
+    for the index gets the same bytes without its children being fetched from the registry
+    again; another backend's rewrite is made afresh."""
+
+    @classmethod
+    def options_for(cls, ports: stk.Ports) -> dict:
+        config = json.loads(stk.render_template(stk.ENVOY_DIR / "demo-filter.json.in", ports.variables()))
+        for backend in config["backends"]:
+            del backend["cluster"]
+        config["manifests"] = {"rewrite": True}
+        return {"filter_config_override": json.dumps(config), "envoy_concurrency": 1}
+
+    def child_gets(self, since: int) -> list[str]:
+        """The registry's GETs of a manifest by digest since `since` requests."""
+        return [r.path for r in self.stack.registry_requests()[since:] if r.method == "GET" and "/manifests/sha256:" in r.path]
+
+    def tag_request(self, via: str) -> bytes:
+        """A tag GET of the index; waits until the registry has logged its own GET of the tag."""
+        since = len(self.stack.registry_requests())
+        status, got, body = request(self.stack.port(via), "GET", f"/v2/{stk.REPOSITORY}/manifests/1.0", ACCEPT)
+        self.assertEqual((status, got["docker-content-digest"]), (200, sha256(body)))
+        self.assertNotEqual(sha256(body), self.image.index.digest)
+        stk.wait_for(lambda: any(r.path.endswith("/manifests/1.0") for r in self.stack.registry_requests()[since:]), "the registry to log the tag GET")
+        return body
+
+    def test_a_second_tag_request_needs_no_child_fetched(self):
+        children = {entry.digest for entry in self.image.manifests.values()}
+        before, since = self.counters(), len(self.stack.registry_requests())
+        first = self.tag_request(EU)
+        self.assertEqual(set(self.child_gets(since)), {f"/v2/{stk.REPOSITORY}/manifests/{d}" for d in children})
+        since = len(self.stack.registry_requests())
+        second = self.tag_request(EU)
+        self.assertEqual((second, self.child_gets(since)), (first, []))
+        # Another backend: not the same rewrite, so its children are fetched and rewritten.
+        since = len(self.stack.registry_requests())
+        other = self.tag_request("aws-us-east-1")
+        self.assertNotEqual(other, first)
+        self.assertEqual(len(self.child_gets(since)), len(children))
+        after = self.counters()
+        self.assertEqual(after["manifest_rewritten"] - before.get("manifest_rewritten", 0), 3)

@@ -325,6 +325,7 @@ impl Validator {
             ("existence_check.cache_slots", check.cache_slots, existence::CACHE_SLOTS),
             ("manifests.max_bytes", raw.manifests.max_bytes, manifest::MAX_BYTES),
             ("manifests.mapping_slots", raw.manifests.mapping_slots, manifest::MAPPING_SLOTS),
+            ("manifests.cache_slots", raw.manifests.cache_slots, manifest::CACHE_SLOTS),
         ] {
             if !range.contains(&value) {
                 let message = format!("{value} is outside {}..={}", range.start(), range.end());
@@ -459,7 +460,8 @@ mod tests {
             "non_routable": ["15.236.0.0/15"],
             "blobs": {"redirect_status": 200},
             "decision_header": "X-Decision",
-            "existence_check": {"timeout_ms": 0, "cache_slots": 2000000}
+            "existence_check": {"timeout_ms": 0, "cache_slots": 2000000},
+            "manifests": {"cache_slots": 1025}
         }"#;
         let got = errors(bad);
         let want = [
@@ -474,6 +476,7 @@ mod tests {
             "blobs.redirect_status: 200 is not a redirect status (one of 301, 302, 303, 307, 308)",
             "existence_check.timeout_ms: 0 is outside 1..=60000",
             "existence_check.cache_slots: 2000000 is outside 1..=1048576",
+            "manifests.cache_slots: 1025 is outside 0..=1024",
             r#"decision_header: "X-Decision" is not a lowercase HTTP header name ([a-z0-9-], not starting with '-')"#,
             // Repeated prefixes come last, each against its first listing.
             "backends[1].cidrs[0]: 15.236.0.0/15 is already listed at backends[0].cidrs[0] (eu)",

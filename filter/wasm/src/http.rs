@@ -4,6 +4,7 @@
 use crate::manifests::{ChildFetch, ManifestJob};
 use crate::metrics::{CheckEvent, Metrics};
 use blobsteer_core::existence::{CheckOutcome, CheckRequest, Known};
+use blobsteer_core::manifest::cache::RewriteCache;
 use blobsteer_core::{
     Action, ClientMatch, Config, Request, RequestStep, ResponsePlan, ResponseStep,
 };
@@ -28,6 +29,8 @@ pub struct Filter {
     answers: RefCell<HashMap<u32, Known>>,
     /// Clusters a check could not be sent to, already reported in the log (once per VM).
     unusable_clusters: RefCell<HashSet<String>>,
+    /// Manifest rewrites this VM made, for the next client of the same backend.
+    pub(crate) rewrites: RefCell<RewriteCache>,
 }
 
 /// A stream held until a check answers, with what it will do if the blob is there.
@@ -40,12 +43,14 @@ struct Waiter {
 impl Filter {
     /// The state shared by the streams of a VM.
     pub fn new(config: Config, metrics: Metrics) -> Self {
+        let rewrites = RefCell::new(RewriteCache::new(config.manifests.cache_slots));
         Filter {
             config,
             metrics,
             checks: RefCell::default(),
             answers: RefCell::default(),
             unusable_clusters: RefCell::default(),
+            rewrites,
         }
     }
 

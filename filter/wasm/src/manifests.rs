@@ -6,8 +6,9 @@
 use crate::http::{now_s, set_response_header, HttpFilter, Pending};
 use blobsteer_core::digest::Digest;
 use blobsteer_core::existence::{CheckRequest, Known};
+use blobsteer_core::manifest::cache::Origin;
 use blobsteer_core::manifest::{self, sha256_digest, Child, Mapping, Untouched};
-use blobsteer_core::{Action, ClientMatch, DigestLookup, ManifestPlan};
+use blobsteer_core::{Action, ClientMatch, Config, DigestLookup, ManifestPlan};
 use proxy_wasm::hostcalls;
 use proxy_wasm::types::{Action as HostAction, BufferType, MapType};
 use std::collections::HashMap;
@@ -27,6 +28,28 @@ pub struct ManifestJob {
     /// The upstream's `Docker-Content-Digest`: the original's digest, remembered with each
     /// digest produced (hashed here when the upstream does not say it).
     upstream_digest: Option<String>,
+}
+
+impl ManifestJob {
+    /// What a rewrite of `manifest` for this job is made from, when that is all it depends on:
+    /// not when a tag's rewrite must ask the existence cache which blobs it may advertise.
+    fn origin<'a>(
+        &'a self,
+        config: &Config,
+        manifest: &'a manifest::Manifest<'_>,
+    ) -> Option<Origin<'a>> {
+        let backend = config.backends().get(self.plan.backend)?;
+        if backend.cluster.is_some() && self.plan.expect_digest.is_none() {
+            return None;
+        }
+        Some(Origin {
+            backend: self.plan.backend,
+            repository: &self.plan.repository,
+            content_type: self.content_type.as_deref(),
+            original: manifest.bytes(),
+            upstream_digest: self.upstream_digest.as_deref(),
+        })
+    }
 }
 
 /// An index whose children are being fetched.
@@ -195,7 +218,9 @@ impl HttpFilter {
                 .unwrap_or_default(),
             _ => Vec::new(),
         };
-        if children.is_empty() {
+        // An index whose rewrite this VM already made needs none of its children again.
+        let made = read.as_ref().is_ok_and(|m| self.already_rewritten(&job, m));
+        if children.is_empty() || made {
             self.complete(job, read, body_size, &HashMap::new());
             return HostAction::Continue;
         }
@@ -273,6 +298,12 @@ impl HttpFilter {
         true
     }
 
+    /// Whether the VM keeps a rewrite of exactly this manifest for this job.
+    fn already_rewritten(&self, job: &ManifestJob, manifest: &manifest::Manifest<'_>) -> bool {
+        let origin = job.origin(&self.filter.config, manifest);
+        origin.is_some_and(|origin| self.filter.rewrites.borrow().get(&origin).is_some())
+    }
+
     /// Sends the rewrite (or the original, if it is left untouched) with matching headers.
     fn complete(
         &mut self,
@@ -304,9 +335,17 @@ impl HttpFilter {
                 check.read(cached.as_deref(), now) == Some(Known::Present)
             })
         };
-        let result = read.as_ref().map_err(|reason| *reason).and_then(|m| {
-            m.rewrite_for(backend, &plan.repository, max, |d| children.get(d).cloned(), present)
-        });
+        let origin = read.as_ref().ok().and_then(|m| job.origin(config, m));
+        let cached = origin.as_ref().and_then(|o| filter.rewrites.borrow().get(o).cloned());
+        let result = match cached {
+            Some(rewritten) => Ok(rewritten),
+            None => read.as_ref().map_err(|reason| *reason).and_then(|m| {
+                m.rewrite_for(backend, &plan.repository, max, |d| children.get(d).cloned(), present)
+            }),
+        };
+        if let (Some(origin), Ok(rewritten)) = (&origin, &result) {
+            filter.rewrites.borrow_mut().insert(origin, rewritten);
+        }
         let rewritten = match result {
             Ok(rewritten) => rewritten,
             Err(reason) if plan.expect_digest.is_some() => {

@@ -11,6 +11,7 @@
 //! Anything that is not plainly an image manifest (or an index of them) is left untouched, with
 //! the reason: a digest-pinned or signed document must stay exactly as published.
 
+pub mod cache;
 pub mod json;
 
 use crate::config::Backend;
@@ -312,6 +313,8 @@ pub struct ManifestSettings {
     pub max_bytes: u32,
     /// Slots of the rewritten-digest memory shared by all workers (about 300 bytes each).
     pub mapping_slots: u32,
+    /// Rewrites each VM keeps ([`cache::RewriteCache`]; at most 64 KiB each; 0: none).
+    pub cache_slots: u32,
 }
 
 impl Default for ManifestSettings {
@@ -320,12 +323,15 @@ impl Default for ManifestSettings {
             rewrite: false,
             max_bytes: DEFAULT_MAX_BYTES as u32,
             mapping_slots: 16_384,
+            cache_slots: 64,
         }
     }
 }
 
 /// Limits of `max_bytes`.
 pub const MAX_BYTES: std::ops::RangeInclusive<u32> = 1024..=(64 << 20);
+/// Limits of `cache_slots`: up to 64 MiB per VM at the most.
+pub const CACHE_SLOTS: std::ops::RangeInclusive<u32> = 0..=1024;
 /// Limits of `mapping_slots`.
 pub const MAPPING_SLOTS: std::ops::RangeInclusive<u32> = 1..=1_048_576;
 
