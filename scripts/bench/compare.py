@@ -25,7 +25,8 @@ worker_processes 1), all started at once and idle but for the one under load:
   nginx-<table>    nginx: a `geo` map made from the same table, `return 307` for (a),
                    `proxy_pass` (upstream keepalive) for (b)
 <table> is `demo` (A, the three-backend demo config) or `full` (B, every AWS, GCP and Azure
-region from ../shared/data). The upstream is nginx serving static files on its own core share.
+region from ../shared/data). The upstream is nginx serving static files. Every server under test
+runs on CPU 0; wrk, the upstream and this script on CPU 1 (taskset).
 
 Each round loads every contender of each scenario in turn (the order reversed every other
 round, so drift hits all alike): --slice seconds of `wrk -t1 -c16` (throughput, and latency
@@ -71,6 +72,9 @@ DEFAULT_NOOP_WASM = REPO_ROOT / "target" / "wasm32-wasip1" / "release" / "noop.w
 DEFAULT_RUN_DIR = REPO_ROOT / ".run" / "bench" / "compare"
 
 TABLES = ("demo", "full")  # A and B
+# Every server under test runs on one CPU, the load generator, the upstream and this script on
+# another (taskset): the scheduler moving them about was most of the noise between rounds.
+SERVER_CPU, LOAD_CPU = 0, 1
 THROUGHPUT_CONNECTIONS = 16
 LATENCY_CONNECTIONS = 1
 STARTUP_TIMEOUT = 60.0
@@ -222,14 +226,28 @@ def free_ports(count: int) -> list[int]:
     raise tb.BenchError(f"no {count} free consecutive ports found below the ephemeral range")
 
 
-class NginxServer(stk.ManagedProcess):
-    """nginx with one worker running `config` (its `http` block's contents), logging errors to
-    `<run_dir>/<name>.log`; ready when it answers on `port`."""
+def pinned(cpu: int, argv: list[str]) -> list[str]:
+    """`argv` run on CPU `cpu` only (taskset execs it: the PID stays the program's)."""
+    return ["taskset", "-c", str(cpu), *argv]
 
-    def __init__(self, name: str, run_dir: Path, http_block: str, port: int):
+
+class PinnedEnvoy(stk.EnvoyProcess):
+    """An EnvoyProcess whose every thread runs on SERVER_CPU."""
+
+    def command(self) -> list[str]:
+        """Envoy's command line, pinned."""
+        return pinned(SERVER_CPU, super().command())
+
+
+class NginxServer(stk.ManagedProcess):
+    """nginx with one worker running `config` (its `http` block's contents) on CPU `cpu`,
+    logging errors to `<run_dir>/<name>.log`; ready when it answers on `port`."""
+
+    def __init__(self, name: str, run_dir: Path, http_block: str, port: int, cpu: int):
         super().__init__(name, run_dir, run_dir / f"{name}.log")
         self.http_block = http_block
         self.port = port
+        self.cpu = cpu
 
     def command(self) -> list[str]:
         """Write `<name>.conf`."""
@@ -249,7 +267,7 @@ class NginxServer(stk.ManagedProcess):
         )
         path = self.run_dir / f"{self.name}.conf"
         path.write_text(config)
-        return ["nginx", "-p", str(prefix), "-c", str(path), "-e", str(self.log_path)]
+        return pinned(self.cpu, ["nginx", "-p", str(prefix), "-c", str(path), "-e", str(self.log_path)])
 
     def ready(self) -> bool:
         """Something answers HTTP on the port."""
@@ -456,7 +474,7 @@ def contenders(
         directory = run_dir / name
         if kind == "nginx":
             block = nginx_geo_http_block(configs[table], listener, upstream_port)
-            server: stk.ManagedProcess = NginxServer(name, directory, block, listener)
+            server: stk.ManagedProcess = NginxServer(name, directory, block, listener, SERVER_CPU)
             made.append(Contender(name, kind, table, taken, server, listener))
             continue
         filters = []
@@ -468,7 +486,7 @@ def contenders(
             filters = [wasm_filter("blobsteer", args.wasm, configs[table].text)]
         tuning = HCM_TUNING if kind.endswith("-tuned") else {}
         text = envoy_config((listener, admin), upstream_port, filters, tuning)
-        server = stk.EnvoyProcess(directory, text, admin, [listener], binary=args.envoy)
+        server = PinnedEnvoy(directory, text, admin, [listener], binary=args.envoy)
         made.append(Contender(name, kind, table, taken, server, listener, admin))
     return made
 
@@ -568,11 +586,12 @@ def wrk_script(requests: Sequence[tuple[str, str]]) -> str:
 
 
 def wrk_command(script: Path, port: int, connections: int, seconds: int) -> list[str]:
-    """wrk on loopback: one thread, `connections` connections, latency distribution."""
-    return [
+    """wrk on loopback, on LOAD_CPU: one thread, `connections` connections, latency
+    distribution."""
+    return pinned(LOAD_CPU, [
         "wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--latency",
         "-s", str(script), f"http://{stk.LOOPBACK}:{port}/",
-    ]  # fmt: skip
+    ])  # fmt: skip
 
 
 def group_cpu_ms(pgid: int) -> float:
@@ -855,7 +874,10 @@ def run(args: argparse.Namespace, argv: Sequence[str] | None) -> int:
     for path in (args.small_config, args.full_config, args.wasm, args.noop_wasm, args.envoy):
         if not path.is_file():
             raise FileNotFoundError(f"{path} not found (make build)")
-    for tool in ("wrk", "nginx"):
+    if not {SERVER_CPU, LOAD_CPU} <= os.sched_getaffinity(0):
+        raise tb.BenchError(f"CPUs {SERVER_CPU} and {LOAD_CPU} are needed (taskset)")
+    os.sched_setaffinity(0, {LOAD_CPU})
+    for tool in ("wrk", "nginx", "taskset"):
         if not shutil.which(tool):
             raise FileNotFoundError(f"{tool} not found (scripts/bootstrap installs it)")
     configs = bench_configs(args.small_config, args.full_config)
@@ -877,6 +899,7 @@ def run(args: argparse.Namespace, argv: Sequence[str] | None) -> int:
     upstream = NginxServer(
         "upstream", run_dir / "upstream", upstream_http_block(run_dir / "content", upstream_port, content),
         upstream_port,
+        LOAD_CPU,
     )
     made = contenders(args, run_dir, configs, upstream_port)
     if args.contenders:

@@ -148,8 +148,9 @@ def markdown(compare: dict, micro: list[dict], table_md: str | None) -> str:
         f"full = {compare['tables']['full']['backends']} backends, "
         f"{compare['tables']['full']['prefixes']:,} prefixes (every AWS, GCP and Azure region "
         "from `../shared/data`, by `blobsteer ranges`)",
-        f"- every server has one worker (Envoy `--concurrency 1`, nginx `worker_processes 1`); "
-        "load from `wrk` on loopback, one thread",
+        f"- every server has one worker (Envoy `--concurrency 1`, nginx `worker_processes 1`) "
+        "and runs on CPU 0; the load (`wrk` on loopback, one thread), the upstream (nginx "
+        "serving static files) and the harness run on CPU 1",
         f"- order: {st['rounds']} rounds; in each, for each scenario, every contender in turn "
         f"(reversed every other round): {st['slice_s']} s at {st['throughput_connections']} "
         f"connections, then for (c) and (d) {st['latency_slice_s']} s at "
