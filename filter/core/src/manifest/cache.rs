@@ -4,8 +4,9 @@
 //! Without existence checks a rewrite depends only on the original bytes, their content type,
 //! the backend and the repository, so an entry is used only when all four are equal: the
 //! original bytes are compared whole, never trusted by a digest. Entries are direct-mapped over
-//! `slots` by the upstream's `Docker-Content-Digest` (a manifest served without one is not
-//! kept), a new entry replacing whatever held its slot; a manifest whose original and rewrite
+//! `slots` by the upstream's `Docker-Content-Digest`, the repository and the backend (a
+//! manifest served without that header is not kept), a new entry replacing whatever held its
+//! slot; a manifest whose original and rewrite
 //! together pass [`MAX_ENTRY_BYTES`] is not kept, which bounds the cache to
 //! `slots × MAX_ENTRY_BYTES`.
 
@@ -86,7 +87,8 @@ impl RewriteCache {
 
     fn slot(&self, origin: &Origin<'_>) -> Option<usize> {
         let slots = u32::try_from(self.slots.len()).ok().filter(|&n| n > 0)?;
-        let index = slot(&[origin.upstream_digest?, origin.repository], slots);
+        let backend = origin.backend.to_string();
+        let index = slot(&[origin.upstream_digest?, origin.repository, &backend], slots);
         usize::try_from(index).ok()
     }
 }
@@ -141,6 +143,17 @@ mod tests {
         let big = vec![b' '; MAX_ENTRY_BYTES];
         cache.insert(&origin(&big, 0), &rewritten("new"));
         assert_eq!(cache.get(&origin(&big, 0)), None);
+    }
+
+    #[test]
+    fn one_manifest_is_kept_for_several_backends() {
+        let mut cache = RewriteCache::new(64);
+        let bytes = br#"{"schemaVersion":2}"#;
+        for backend in 0..4 {
+            cache.insert(&origin(bytes, backend), &rewritten(&format!("for-{backend}")));
+        }
+        let kept = (0..4).filter(|&b| cache.get(&origin(bytes, b)).is_some()).count();
+        assert_eq!(kept, 4, "each backend has a slot of its own here");
     }
 
     #[test]
