@@ -7,7 +7,7 @@ use crate::http::{now_s, set_response_header, HttpFilter, Pending};
 use blobsteer_core::digest::Digest;
 use blobsteer_core::existence::{CheckRequest, Known};
 use blobsteer_core::manifest::cache::Origin;
-use blobsteer_core::manifest::{self, sha256_digest, Child, Mapping, Untouched};
+use blobsteer_core::manifest::{self, sha256_digest, Child, Mapping, Rewritten, Untouched};
 use blobsteer_core::{Action, ClientMatch, Config, DigestLookup, ManifestPlan};
 use proxy_wasm::hostcalls;
 use proxy_wasm::types::{Action as HostAction, BufferType, MapType};
@@ -31,13 +31,9 @@ pub struct ManifestJob {
 }
 
 impl ManifestJob {
-    /// What a rewrite of `manifest` for this job is made from, when that is all it depends on:
+    /// What a rewrite of `original` for this job is made from, when that is all it depends on:
     /// not when a tag's rewrite must ask the existence cache which blobs it may advertise.
-    fn origin<'a>(
-        &'a self,
-        config: &Config,
-        manifest: &'a manifest::Manifest<'_>,
-    ) -> Option<Origin<'a>> {
+    fn origin<'a>(&'a self, config: &Config, original: &'a [u8]) -> Option<Origin<'a>> {
         let backend = config.backends().get(self.plan.backend)?;
         if backend.cluster.is_some() && self.plan.expect_digest.is_none() {
             return None;
@@ -46,7 +42,7 @@ impl ManifestJob {
             backend: self.plan.backend,
             repository: &self.plan.repository,
             content_type: self.content_type.as_deref(),
-            original: manifest.bytes(),
+            original,
             upstream_digest: self.upstream_digest.as_deref(),
         })
     }
@@ -207,6 +203,14 @@ impl HttpFilter {
         body: Vec<u8>,
         body_size: usize,
     ) -> HostAction {
+        // A rewrite this VM already made from these very bytes: nothing to parse, hash or fetch.
+        let cached = job
+            .origin(&self.filter.config, &body)
+            .and_then(|origin| self.filter.rewrites.borrow().get(&origin).cloned());
+        if let Some(rewritten) = cached {
+            self.send(job, &rewritten, &body, body_size);
+            return HostAction::Continue;
+        }
         let max = self.filter.config.manifests.max_bytes as usize;
         let read = manifest::read(&body, job.content_type.as_deref(), None, max);
         // An index's children, when it is one (and its entries pass the grammar); anything
@@ -218,9 +222,7 @@ impl HttpFilter {
                 .unwrap_or_default(),
             _ => Vec::new(),
         };
-        // An index whose rewrite this VM already made needs none of its children again.
-        let made = read.as_ref().is_ok_and(|m| self.already_rewritten(&job, m));
-        if children.is_empty() || made {
+        if children.is_empty() {
             self.complete(job, read, body_size, &HashMap::new());
             return HostAction::Continue;
         }
@@ -298,12 +300,6 @@ impl HttpFilter {
         true
     }
 
-    /// Whether the VM keeps a rewrite of exactly this manifest for this job.
-    fn already_rewritten(&self, job: &ManifestJob, manifest: &manifest::Manifest<'_>) -> bool {
-        let origin = job.origin(&self.filter.config, manifest);
-        origin.is_some_and(|origin| self.filter.rewrites.borrow().get(&origin).is_some())
-    }
-
     /// Sends the rewrite (or the original, if it is left untouched) with matching headers.
     fn complete(
         &mut self,
@@ -335,17 +331,9 @@ impl HttpFilter {
                 check.read(cached.as_deref(), now) == Some(Known::Present)
             })
         };
-        let origin = read.as_ref().ok().and_then(|m| job.origin(config, m));
-        let cached = origin.as_ref().and_then(|o| filter.rewrites.borrow().get(o).cloned());
-        let result = match cached {
-            Some(rewritten) => Ok(rewritten),
-            None => read.as_ref().map_err(|reason| *reason).and_then(|m| {
-                m.rewrite_for(backend, &plan.repository, max, |d| children.get(d).cloned(), present)
-            }),
-        };
-        if let (Some(origin), Ok(rewritten)) = (&origin, &result) {
-            filter.rewrites.borrow_mut().insert(origin, rewritten);
-        }
+        let result = read.as_ref().map_err(|reason| *reason).and_then(|m| {
+            m.rewrite_for(backend, &plan.repository, max, |d| children.get(d).cloned(), present)
+        });
         let rewritten = match result {
             Ok(rewritten) => rewritten,
             Err(reason) if plan.expect_digest.is_some() => {
@@ -363,6 +351,22 @@ impl HttpFilter {
                 return;
             }
         };
+        let Ok(manifest) = &read else { return };
+        if let Some(origin) = job.origin(config, manifest.bytes()) {
+            filter.rewrites.borrow_mut().insert(&origin, &rewritten);
+        }
+        self.send(job, &rewritten, manifest.bytes(), body_size);
+    }
+
+    /// Sends `rewritten`, made from `original`, with matching headers, after remembering every
+    /// digest it produced.
+    fn send(&mut self, job: ManifestJob, rewritten: &Rewritten, original: &[u8], body_size: usize) {
+        let filter = std::rc::Rc::clone(&self.filter);
+        let config = &filter.config;
+        let plan = &job.plan;
+        let Some(backend) = config.backends().get(plan.backend) else {
+            return;
+        };
         if plan.expect_digest.as_ref().is_some_and(|want| *want != rewritten.digest) {
             // The upstream's original changed under the digest we produced: the registry's 404.
             filter.metrics.count_untouched(Some(Untouched::ChildUnavailable), Some(plan.backend));
@@ -374,7 +378,7 @@ impl HttpFilter {
         // it saves hashing every manifest twice.
         let original = match job.upstream_digest.as_deref().filter(|d| is_sha256(d)) {
             Some(digest) => digest.to_string(),
-            None => read.as_ref().map(|m| sha256_digest(m.bytes())).unwrap_or_default(),
+            None => sha256_digest(original),
         };
         let remember = |digest: &str, original: &str| {
             let mapping = Mapping {
