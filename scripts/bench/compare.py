@@ -85,6 +85,8 @@ UNMAPPED_CLIENTS = ("192.0.2.10", "198.51.100.7", "203.0.113.9", "2001:db8::1")
 HCM_TUNING = {
     # A UUID per request (x-request-id) costs a random draw and formatting; nothing here uses it.
     "generate_request_id": False,
+    # No `server` header written into every answer (nginx writes its own; a redirect needs none).
+    "server_header_transformation": "PASS_THROUGH",
 }
 LAYERS = 8  # layers of the manifest of (c) and of each child of (d)
 CHILDREN = ("amd64", "arm64")  # platforms of the index of (d)

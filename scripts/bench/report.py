@@ -124,7 +124,13 @@ def tuning_lines(summary: dict, settings: dict) -> list[str]:
             )
     setting = ", ".join(f"`{k}: {json.dumps(v)}`" for k, v in settings["hcm_tuning"].items())
     return [f"`blobsteer-tuned` is blobsteer with {setting} in the HTTP connection manager:", "",
-            *lines]  # fmt: skip
+            *lines, "",
+            "Already set for every Envoy contender: no access log, no tracing, "
+            "`use_remote_address: false` (x-forwarded-for kept), hot restart disabled, one "
+            "worker; blobsteer's own `decision_header` is off (a header per answer costs "
+            "about a fifth of the redirect rate, scripts/bench/table.py). Settings that "
+            "change what is measured (HTTP/2 to the client, more workers than nginx) were not "
+            "used."]  # fmt: skip
 
 
 def markdown(compare: dict, micro: list[dict], table_md: str | None) -> str:
