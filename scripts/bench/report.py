@@ -208,7 +208,7 @@ def markdown(compare: dict, micro: list[dict], table_md: str | None) -> str:
 
 def svg_chart(compare: dict) -> str:
     """Per scenario, two bar charts side by side: req/s and p50 latency, both at -c16."""
-    width, label_w, bar_w, row_h, gap = 980, 190, 330, 16, 34
+    width, label_w, bar_w, row_h, gap = 1000, 190, 300, 16, 34
     panels = [("requests/s, 16 connections", "requests_per_s", 1.0),
               ("p50 latency µs, 16 connections", "p50_ms_c16", 1000.0)]  # fmt: skip
     parts = []
