@@ -174,7 +174,7 @@ class Ports:
         """Ports from a base chosen at random below the kernel's ephemeral range (clients' own
         outgoing connections take ports from there and would race with our listeners), whose
         ports (or those of `variables`) are free right now and not in `avoid`."""
-        ephemeral_low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+        ephemeral_low = ephemeral_port_low()
         variables = None if variables is None else list(variables)
         avoid = set(avoid)
         rng = random.Random()
@@ -216,6 +216,12 @@ def _port_value(env: Mapping[str, str], variable: str, default: int) -> int:
     if not raw.isdigit() or not 0 < int(raw) < 65536:
         raise ValueError(f"{variable}={raw!r} is not a TCP port")
     return int(raw)
+
+
+def ephemeral_port_low() -> int:
+    """The first port of the kernel's ephemeral range: clients' own outgoing connections take
+    ports from there, so a listener chosen at or above it races with them."""
+    return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
 
 
 def port_is_free(port: int) -> bool:
@@ -1290,6 +1296,23 @@ def exit_on_sigterm(signum, frame) -> None:
     """A SIGTERM handler that unwinds like Ctrl-C, so every part started is stopped on the way
     out."""
     raise SystemExit(128 + signum)
+
+
+def run_interruptibly(
+    program: str, run: Callable[[], int], errors: tuple[type[BaseException], ...]
+) -> int:
+    """`run()` with SIGTERM and SIGINT unwinding it (also where a shell's background job ignores
+    SIGINT), so every server it started is stopped on the way out; one of `errors` is printed as
+    `<program>: <error>` and gives 1, Ctrl-C gives 130."""
+    signal.signal(signal.SIGTERM, exit_on_sigterm)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        return run()
+    except errors as err:
+        print(f"{program}: {err}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
 
 
 def run(args: argparse.Namespace) -> int:

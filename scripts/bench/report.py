@@ -154,7 +154,7 @@ def markdown(compare: dict, micro: list[dict], table_md: str | None) -> str:
         f"full = {compare['tables']['full']['backends']} backends, "
         f"{compare['tables']['full']['prefixes']:,} prefixes (every AWS, GCP and Azure region "
         "from `../shared/data`, by `blobsteer ranges`)",
-        f"- every server has one worker (Envoy `--concurrency 1`, nginx `worker_processes 1`) "
+        "- every server has one worker (Envoy `--concurrency 1`, nginx `worker_processes 1`) "
         "and runs on CPU 0; the load (`wrk` on loopback, one thread), the upstream (nginx "
         "serving static files) and the harness run on CPU 1",
         f"- order: {st['rounds']} rounds; in each, for each scenario, every contender in turn "

@@ -4,7 +4,6 @@ or through the filter; digest-pinned pulls get exactly the bytes they pinned."""
 
 from __future__ import annotations
 
-import hashlib
 import json
 import tempfile
 from pathlib import Path
@@ -18,8 +17,7 @@ ACCEPT = [
 ]
 
 
-def sha256(data: bytes) -> str:
-    return "sha256:" + hashlib.sha256(data).hexdigest()
+sha256 = stk.build_demo_image.sha256_digest
 
 
 class ManifestRewriteTest(StackTestCase):

@@ -4,6 +4,7 @@
 //! later request for it is served the same bytes.
 
 use crate::http::{now_s, set_response_header, HttpFilter, Pending};
+use blobsteer_core::config::Backend;
 use blobsteer_core::digest::Digest;
 use blobsteer_core::existence::{CheckRequest, Known};
 use blobsteer_core::manifest::cache::Origin;
@@ -31,11 +32,18 @@ pub struct ManifestJob {
 }
 
 impl ManifestJob {
+    /// The cluster whose existence cache decides which blobs a rewrite may advertise: a tag's
+    /// rewrite for a checked backend (all or nothing). A digest the filter produced is served
+    /// again whatever the cache holds now: its blobs were known present when it was produced.
+    fn checked_cluster<'b>(&self, backend: &'b Backend) -> Option<&'b str> {
+        backend.cluster.as_deref().filter(|_| self.plan.expect_digest.is_none())
+    }
+
     /// What a rewrite of `original` for this job is made from, when that is all it depends on:
     /// not when a tag's rewrite must ask the existence cache which blobs it may advertise.
     fn origin<'a>(&'a self, config: &Config, original: &'a [u8]) -> Option<Origin<'a>> {
         let backend = config.backends().get(self.plan.backend)?;
-        if backend.cluster.is_some() && self.plan.expect_digest.is_none() {
+        if self.checked_cluster(backend).is_some() {
             return None;
         }
         Some(Origin {
@@ -315,10 +323,7 @@ impl HttpFilter {
             return;
         };
         let max = config.manifests.max_bytes as usize;
-        // With existence checks on, a tag's rewrite advertises only blobs the cache knows are on
-        // the mirror (all or nothing). A digest the filter produced is served again whatever
-        // the cache holds now: its blobs were known present when it was produced.
-        let checked = backend.cluster.as_deref().filter(|_| plan.expect_digest.is_none());
+        let checked = job.checked_cluster(backend);
         let now = now_s();
         let present = |digest: &str| {
             let Some(cluster) = checked else { return true };
