@@ -2,6 +2,8 @@
 
 use crate::args::{Parsed, Usage};
 use blobsteer_core::client_ip::ClientIpSource;
+use blobsteer_core::decision::{classify_client, decide_request};
+use blobsteer_core::rewriting::outlook;
 use blobsteer_core::{ClientMatch, Config, Decision, Request, RequestStep};
 use serde_json::{json, Value};
 use std::io::BufRead;
@@ -50,10 +52,12 @@ pub fn run(argv: &[String]) -> Result<ExitCode, Usage> {
 
 /// One JSON object: the client as the filter sees it, and what the filter does.
 fn describe(config: &Config, request: &Request<'_>, xff: Option<&str>) -> Value {
-    let Decision { client, step, check } = config.decide_request(request);
+    let decision = decide_request(config, request);
+    let manifest = outlook(config, request.path, &decision);
+    let Decision { client, step, check } = decision;
     // The decision only looks at the client for blob downloads; show it for every request anyway.
     let client = client
-        .unwrap_or_else(|| config.classify_client(request.forwarded_for, request.source_address));
+        .unwrap_or_else(|| classify_client(config, request.forwarded_for, request.source_address));
     let (action, status, location) = match step {
         RequestStep::Respond(redirect) => {
             ("redirected", Some(redirect.status), Some(redirect.location))
@@ -91,6 +95,13 @@ fn describe(config: &Config, request: &Request<'_>, xff: Option<&str>) -> Value 
             "cluster": c.cluster,
             "head": format!("{}://{}{}", c.scheme, c.authority, c.path),
             "if_absent": "passed_mirror_missing",
+        })),
+        // For a manifest request: whether its answer may be rewritten, and why.
+        "manifest": manifest.map(|m| json!({
+            "rewrite": m.rewrite,
+            "why": m.why,
+            "upstream_method": m.upstream_method,
+            "advertises": m.advertises,
         })),
     })
 }

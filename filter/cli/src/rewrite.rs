@@ -50,7 +50,7 @@ pub fn run(argv: &[String]) -> Result<ExitCode, Usage> {
     let repository = args.get("repository").unwrap_or("library/sample");
     // The CLI has no existence cache: every blob may be advertised.
     let result = rewrite_for_backend(
-        backend,
+        &backend.blob_url,
         repository,
         &bytes,
         args.get("content-type"),

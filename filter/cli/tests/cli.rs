@@ -135,3 +135,39 @@ fn usage_errors_exit_2() {
     assert_eq!(blobsteer(&["explain", "--bogus", "x"], None).status.code(), Some(2));
     assert_eq!(blobsteer(&["check"], None).status.code(), Some(2));
 }
+
+#[test]
+fn explain_says_whether_a_manifest_is_rewritten_and_why() {
+    let config = testdata("three-backends.json");
+    let tag = "/v2/demo/hello/manifests/1.0";
+    let off =
+        lines(&blobsteer(&["explain", "--config", &config, "--path", tag, "15.236.0.9"], None));
+    assert_eq!(off[0]["manifest"]["rewrite"], false);
+    assert_eq!(off[0]["manifest"]["why"], "manifests.rewrite is off");
+    let blob = lines(&blobsteer(&["explain", "--config", &config, "15.236.0.9"], None));
+    assert_eq!(blob[0]["manifest"], Value::Null, "a blob request has no manifest outlook");
+
+    let mut json: Value = serde_json::from_str(&std::fs::read_to_string(&config).unwrap()).unwrap();
+    json["manifests"] = serde_json::json!({"rewrite": true});
+    let on = std::env::temp_dir().join(format!("blobsteer-explain-{}.json", std::process::id()));
+    std::fs::write(&on, json.to_string()).unwrap();
+    let on = on.display().to_string();
+    let args = ["explain", "--config", &on, "--method", "HEAD", "--path", tag];
+    let got = lines(&blobsteer(
+        &[&args[..], &["15.236.0.9", "44.192.1.2", "198.51.100.7"]].concat(),
+        None,
+    ));
+    assert_eq!(got[0]["action"], "rewrite_manifest");
+    assert_eq!(got[0]["manifest"]["rewrite"], true);
+    assert!(got[0]["manifest"]["upstream_method"].as_str().unwrap().starts_with("GET"));
+    // aws-eu-west-3 has a cluster (existence checks); aws-us-east-1 has none.
+    assert!(got[0]["manifest"]["advertises"].as_str().unwrap().starts_with("only blobs"));
+    assert_eq!(got[1]["manifest"]["advertises"], "every blob");
+    assert_eq!(got[2]["manifest"]["rewrite"], false);
+    assert_eq!(got[2]["manifest"]["why"], "the client has no backend (passed_no_backend)");
+    let digest = "/v2/demo/hello/manifests/sha256:0000000000000000000000000000000000000000000000000000000000000000";
+    let got = lines(&blobsteer(&["explain", "--config", &on, "--path", digest], None));
+    assert_eq!(got[0]["action"], "lookup_rewritten_digest");
+    assert!(got[0]["manifest"]["why"].as_str().unwrap().starts_with("a request by digest"));
+    std::fs::remove_file(&on).unwrap();
+}

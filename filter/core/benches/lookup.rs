@@ -15,6 +15,7 @@
 )]
 
 use blobsteer_core::client_ip::ClientIpSettings;
+use blobsteer_core::decision::decide_request;
 use blobsteer_core::ranges::{import, providers, Cloud, ImportOptions};
 use blobsteer_core::{Config, Request, Target};
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
@@ -291,12 +292,10 @@ fn decide_blob_request(bencher: divan::Bencher) {
     bencher.bench_local(|| {
         i = (i + 1) & (SET - 1);
         let xff = [lines[i].as_str()];
-        config.decide_request(black_box(&Request {
-            method: "GET",
-            path,
-            forwarded_for: &xff,
-            source_address: None,
-        }))
+        decide_request(
+            config,
+            black_box(&Request { method: "GET", path, forwarded_for: &xff, source_address: None }),
+        )
     });
 }
 

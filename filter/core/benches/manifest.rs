@@ -107,7 +107,7 @@ fn checked_manifest(layers: usize, backend: &Backend) -> Vec<u8> {
 /// checks: every blob may be advertised).
 fn rewrite(backend: &Backend, bytes: &[u8]) -> Result<manifest::Rewritten, manifest::Untouched> {
     rewrite_for_backend(
-        backend,
+        &backend.blob_url,
         REPOSITORY,
         bytes,
         Some(OCI_MANIFEST),

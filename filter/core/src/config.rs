@@ -326,6 +326,11 @@ impl Validator {
             ("manifests.max_bytes", raw.manifests.max_bytes, manifest::MAX_BYTES),
             ("manifests.mapping_slots", raw.manifests.mapping_slots, manifest::MAPPING_SLOTS),
             ("manifests.cache_slots", raw.manifests.cache_slots, manifest::CACHE_SLOTS),
+            (
+                "manifests.child_timeout_ms",
+                raw.manifests.child_timeout_ms,
+                manifest::CHILD_TIMEOUT_MS,
+            ),
         ] {
             if !range.contains(&value) {
                 let message = format!("{value} is outside {}..={}", range.start(), range.end());

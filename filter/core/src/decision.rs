@@ -5,7 +5,8 @@
 
 use crate::cidr_table::Entry;
 use crate::client_ip::ClientIpSource;
-use crate::config::{BlobMode, Config, Target, REDIRECT_STATUSES};
+use crate::config::{Backend, BlobMode, Config, Target, REDIRECT_STATUSES};
+use crate::digest::Digest;
 use crate::existence::CheckRequest;
 use crate::registry_path::{Reference, RegistryPath};
 use ipnet::IpNet;
@@ -284,142 +285,184 @@ impl ResponsePlan {
     }
 }
 
-impl Config {
-    /// Finds the client's address and the backend it belongs to.
-    pub fn classify_client(
-        &self,
-        forwarded_for: &[&str],
-        source_address: Option<&str>,
-    ) -> ClientMatch {
-        let Some((ip, source)) = self.client_ip.client_ip(forwarded_for, source_address) else {
-            return ClientMatch::NoClientIp;
-        };
-        match self.table().lookup(ip) {
-            None => ClientMatch::Unmapped { ip, source },
-            Some(Entry { prefix, target: Target::NonRoutable }) => {
-                ClientMatch::NonRoutable { ip, source, prefix: *prefix }
-            }
-            Some(Entry { prefix, target: Target::Backend(backend) }) => {
-                ClientMatch::Backend { ip, source, prefix: *prefix, backend: *backend }
-            }
-        }
-    }
+/// What a request path leads to, decided from `:path` alone: most requests a registry sees
+/// (tokens, catalog, uploads, anything outside the grammar) are passed without reading another
+/// header.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Route<'a> {
+    /// Not a request the filter acts on, whatever its other headers say.
+    Pass(Action),
+    /// `/v2/<name>/blobs/<digest>`.
+    Blob {
+        /// The repository.
+        repository: &'a str,
+        /// The blob.
+        digest: Digest<'a>,
+    },
+    /// `/v2/<name>/manifests/<reference>`, with manifest rewriting on.
+    Manifest {
+        /// The repository.
+        repository: &'a str,
+        /// A tag or a digest.
+        reference: Reference<'a>,
+    },
+}
 
-    /// Decides what to do with a request, from its headers alone.
-    pub fn decide_request(&self, request: &Request<'_>) -> Decision {
-        let pass = |action| Decision { client: None, step: RequestStep::Pass(action), check: None };
-        let (repository, digest) = match RegistryPath::parse(request.path) {
-            RegistryPath::Blob { repository, digest } => (repository, digest),
-            RegistryPath::Manifest { repository, reference } if self.manifests.rewrite => {
-                return self.decide_manifest(request, repository, reference);
-            }
-            _ => return pass(Action::PassedNotBlob),
-        };
-        let is_head = match request.method {
-            "GET" => false,
-            "HEAD" => true,
-            _ => return pass(Action::PassedMethod),
-        };
-        if self.blobs.mode == BlobMode::Off {
-            return pass(Action::PassedBlobsOff);
-        }
-        let client = self.classify_client(request.forwarded_for, request.source_address);
-        let mut check = None;
-        let step = match client {
-            ClientMatch::NoClientIp => RequestStep::Pass(Action::PassedNoClientIp),
-            ClientMatch::Unmapped { .. } => RequestStep::Pass(Action::PassedNoBackend),
-            ClientMatch::NonRoutable { .. } => RequestStep::Pass(Action::PassedNonRoutable),
-            ClientMatch::Backend { backend, .. } => match self.backends().get(backend) {
-                None => RequestStep::Pass(Action::PassedNoBackend),
-                Some(b) => {
-                    let location = b.blob_url.render(repository, digest);
-                    check = b.cluster.as_deref().and_then(|cluster| {
-                        let settings = &self.existence_check;
-                        CheckRequest::new(settings, cluster, &b.name, digest.as_str(), &location)
-                    });
-                    match self.blobs.mode {
-                        BlobMode::VerifyUpstream => RequestStep::Forward(ResponsePlan {
-                            backend,
-                            location,
-                            verify: true,
-                            send_as_head: !is_head,
-                            redirect_status: self.blobs.redirect_status,
-                        }),
-                        _ => RequestStep::Respond(Redirect {
-                            status: self.blobs.redirect_status,
-                            location,
-                        }),
-                    }
-                }
-            },
-        };
-        Decision { client: Some(client), step, check }
+impl Route<'_> {
+    /// Whether deciding needs the client's address (and so `x-forwarded-for`).
+    pub fn needs_client(&self) -> bool {
+        !matches!(self, Route::Pass(_))
     }
+}
 
-    /// Manifest requests, with rewriting on.
-    fn decide_manifest(
-        &self,
-        request: &Request<'_>,
-        repository: &str,
-        reference: Reference<'_>,
-    ) -> Decision {
-        let is_head = match request.method {
-            "GET" => false,
-            "HEAD" => true,
-            _ => {
-                return Decision {
-                    client: None,
-                    step: RequestStep::Pass(Action::PassedMethod),
-                    check: None,
-                }
-            }
-        };
-        if let Reference::Digest(digest) = reference {
-            let lookup = DigestLookup {
-                repository: repository.to_string(),
-                digest: digest.as_str().to_string(),
-                is_head,
-            };
-            return Decision {
-                client: None,
-                step: RequestStep::LookupRewritten(lookup),
-                check: None,
-            };
+/// Finds the client's address and the backend it belongs to.
+pub fn classify_client(
+    config: &Config,
+    forwarded_for: &[&str],
+    source_address: Option<&str>,
+) -> ClientMatch {
+    let Some((ip, source)) = config.client_ip.client_ip(forwarded_for, source_address) else {
+        return ClientMatch::NoClientIp;
+    };
+    match config.table().lookup(ip) {
+        None => ClientMatch::Unmapped { ip, source },
+        Some(Entry { prefix, target: Target::NonRoutable }) => {
+            ClientMatch::NonRoutable { ip, source, prefix: *prefix }
         }
-        let client = self.classify_client(request.forwarded_for, request.source_address);
-        let step = match client {
-            ClientMatch::NoClientIp => RequestStep::Pass(Action::PassedNoClientIp),
-            ClientMatch::Unmapped { .. } => RequestStep::Pass(Action::PassedNoBackend),
-            ClientMatch::NonRoutable { .. } => RequestStep::Pass(Action::PassedNonRoutable),
-            ClientMatch::Backend { backend, .. } => RequestStep::RewriteManifest(ManifestPlan {
-                backend,
-                repository: repository.to_string(),
-                send_as_get: is_head,
-                expect_digest: None,
-            }),
-        };
-        Decision { client: Some(client), step, check: None }
+        Some(Entry { prefix, target: Target::Backend(backend) }) => {
+            ClientMatch::Backend { ip, source, prefix: *prefix, backend: *backend }
+        }
     }
+}
 
-    /// The value of the optional decision header: `<action>; client=<ip>; prefix=<cidr>; backend=<name>`.
-    pub fn describe(&self, action: Action, client: Option<&ClientMatch>) -> String {
-        let mut text = String::from(action.as_str());
-        if let Some(client) = client {
-            match client.ip() {
-                Some(ip) => {
-                    let _ = write!(text, "; client={ip}");
-                }
-                None => text.push_str("; client=none"),
-            }
-            if let Some(prefix) = client.prefix() {
-                let _ = write!(text, "; prefix={prefix}");
-            }
-            if let Some(backend) = client.backend().and_then(|i| self.backends().get(i)) {
-                let _ = write!(text, "; backend={}", backend.name);
-            }
+/// What `:path` leads to (the first half of [`decide_request`]).
+pub fn route<'a>(config: &Config, path: &'a str) -> Route<'a> {
+    match RegistryPath::parse(path) {
+        RegistryPath::Blob { repository, digest } => Route::Blob { repository, digest },
+        RegistryPath::Manifest { repository, reference } if config.manifests.rewrite => {
+            Route::Manifest { repository, reference }
         }
-        text
+        _ => Route::Pass(Action::PassedNotBlob),
     }
+}
+
+/// Decides what to do with a request, from its headers alone.
+pub fn decide_request(config: &Config, request: &Request<'_>) -> Decision {
+    decide_route(config, route(config, request.path), request)
+}
+
+/// Decides what to do with a request whose path led to `route` (the second half of
+/// [`decide_request`]); `request.path` is not read again.
+pub fn decide_route(config: &Config, route: Route<'_>, request: &Request<'_>) -> Decision {
+    let pass = |action| Decision { client: None, step: RequestStep::Pass(action), check: None };
+    let is_head = match (route, request.method) {
+        (Route::Pass(action), _) => return pass(action),
+        (_, "GET") => false,
+        (_, "HEAD") => true,
+        _ => return pass(Action::PassedMethod),
+    };
+    let (repository, digest) = match route {
+        Route::Blob { repository, digest } => (repository, digest),
+        Route::Manifest { repository, reference } => {
+            return decide_manifest(config, request, repository, reference, is_head);
+        }
+        Route::Pass(action) => return pass(action),
+    };
+    if config.blobs.mode == BlobMode::Off {
+        return pass(Action::PassedBlobsOff);
+    }
+    let client = classify_client(config, request.forwarded_for, request.source_address);
+    let mut check = None;
+    let step = match client {
+        ClientMatch::NoClientIp => RequestStep::Pass(Action::PassedNoClientIp),
+        ClientMatch::Unmapped { .. } => RequestStep::Pass(Action::PassedNoBackend),
+        ClientMatch::NonRoutable { .. } => RequestStep::Pass(Action::PassedNonRoutable),
+        ClientMatch::Backend { backend, .. } => match config.backends().get(backend) {
+            None => RequestStep::Pass(Action::PassedNoBackend),
+            Some(b) => {
+                let location = b.blob_url.render(repository, digest);
+                check = blob_check(config, b, digest, &location);
+                match config.blobs.mode {
+                    BlobMode::VerifyUpstream => RequestStep::Forward(ResponsePlan {
+                        backend,
+                        location,
+                        verify: true,
+                        send_as_head: !is_head,
+                        redirect_status: config.blobs.redirect_status,
+                    }),
+                    _ => RequestStep::Respond(Redirect {
+                        status: config.blobs.redirect_status,
+                        location,
+                    }),
+                }
+            }
+        },
+    };
+    Decision { client: Some(client), step, check }
+}
+
+/// The existence check that must say "present" before anyone is sent to `backend` for the blob
+/// at `location`: `None` when the backend has no `cluster` (it is assumed to hold every blob).
+/// Blob redirects and the blobs a rewritten manifest advertises are checked alike.
+pub fn blob_check(
+    config: &Config,
+    backend: &Backend,
+    digest: Digest<'_>,
+    location: &str,
+) -> Option<CheckRequest> {
+    let cluster = backend.cluster.as_deref()?;
+    CheckRequest::new(&config.existence_check, cluster, &backend.name, digest.as_str(), location)
+}
+
+/// Manifest requests, with rewriting on.
+fn decide_manifest(
+    config: &Config,
+    request: &Request<'_>,
+    repository: &str,
+    reference: Reference<'_>,
+    is_head: bool,
+) -> Decision {
+    if let Reference::Digest(digest) = reference {
+        let lookup = DigestLookup {
+            repository: repository.to_string(),
+            digest: digest.as_str().to_string(),
+            is_head,
+        };
+        return Decision { client: None, step: RequestStep::LookupRewritten(lookup), check: None };
+    }
+    let client = classify_client(config, request.forwarded_for, request.source_address);
+    let step = match client {
+        ClientMatch::NoClientIp => RequestStep::Pass(Action::PassedNoClientIp),
+        ClientMatch::Unmapped { .. } => RequestStep::Pass(Action::PassedNoBackend),
+        ClientMatch::NonRoutable { .. } => RequestStep::Pass(Action::PassedNonRoutable),
+        ClientMatch::Backend { backend, .. } => RequestStep::RewriteManifest(ManifestPlan {
+            backend,
+            repository: repository.to_string(),
+            send_as_get: is_head,
+            expect_digest: None,
+        }),
+    };
+    Decision { client: Some(client), step, check: None }
+}
+
+/// The value of the optional decision header: `<action>; client=<ip>; prefix=<cidr>; backend=<name>`.
+pub fn describe(config: &Config, action: Action, client: Option<&ClientMatch>) -> String {
+    let mut text = String::from(action.as_str());
+    if let Some(client) = client {
+        match client.ip() {
+            Some(ip) => {
+                let _ = write!(text, "; client={ip}");
+            }
+            None => text.push_str("; client=none"),
+        }
+        if let Some(prefix) = client.prefix() {
+            let _ = write!(text, "; prefix={prefix}");
+        }
+        if let Some(backend) = client.backend().and_then(|i| config.backends().get(i)) {
+            let _ = write!(text, "; backend={}", backend.name);
+        }
+    }
+    text
 }
 
 #[cfg(test)]
@@ -452,7 +495,7 @@ mod tests {
     fn redirect_mode_answers_mapped_blob_requests() {
         let c = config("redirect");
         for method in ["GET", "HEAD"] {
-            let d = c.decide_request(&request(method, BLOB, &["15.236.10.20"]));
+            let d = decide_request(&c, &request(method, BLOB, &["15.236.10.20"]));
             assert_eq!(
                 d.step,
                 RequestStep::Respond(Redirect {
@@ -469,7 +512,7 @@ mod tests {
         let json = r#"{"backends": [{"name": "eu", "blob_url": "http://eu.example:81/b/{digest}", "cidrs": ["15.236.0.0/15"], "cluster": "mirror_eu"}],
                        "existence_check": {"cache_slots": 8}}"#;
         let c = Config::from_json(json.as_bytes()).unwrap();
-        let d = c.decide_request(&request("HEAD", BLOB, &["15.236.10.20"]));
+        let d = decide_request(&c, &request("HEAD", BLOB, &["15.236.10.20"]));
         let check = d.check.unwrap();
         assert_eq!(
             (check.cluster.as_str(), check.authority.as_str()),
@@ -479,23 +522,23 @@ mod tests {
         assert!(matches!(d.step, RequestStep::Respond(_)));
         // No cluster, no check; no backend, no check.
         assert_eq!(
-            config("redirect").decide_request(&request("GET", BLOB, &["15.236.10.20"])).check,
+            decide_request(&config("redirect"), &request("GET", BLOB, &["15.236.10.20"])).check,
             None
         );
-        assert_eq!(c.decide_request(&request("GET", BLOB, &["1.1.1.1"])).check, None);
+        assert_eq!(decide_request(&c, &request("GET", BLOB, &["1.1.1.1"])).check, None);
     }
 
     #[test]
     fn longest_prefix_inside_non_routable_supernet_wins() {
         let c = config("redirect");
-        let d = c.decide_request(&request("GET", BLOB, &["15.193.1.5"]));
+        let d = decide_request(&c, &request("GET", BLOB, &["15.193.1.5"]));
         let RequestStep::Respond(redirect) = d.step else { panic!("{d:?}") };
         assert!(
             redirect.location.starts_with("https://ap.example/demo/hello/0123"),
             "{}",
             redirect.location
         );
-        let d = c.decide_request(&request("GET", BLOB, &["15.193.2.5"]));
+        let d = decide_request(&c, &request("GET", BLOB, &["15.193.2.5"]));
         assert_eq!(d.step, RequestStep::Pass(Action::PassedNonRoutable));
     }
 
@@ -513,12 +556,12 @@ mod tests {
             ("GET", BLOB, &["15.193.0.1"], Action::PassedNonRoutable),
         ];
         for (method, path, xff, want) in cases {
-            let d = c.decide_request(&request(method, path, xff));
+            let d = decide_request(&c, &request(method, path, xff));
             assert_eq!(d.step, RequestStep::Pass(want), "{method} {path} {xff:?}");
         }
         let off = config("off");
         assert_eq!(
-            off.decide_request(&request("GET", BLOB, &["15.236.10.20"])).step,
+            decide_request(&off, &request("GET", BLOB, &["15.236.10.20"])).step,
             RequestStep::Pass(Action::PassedBlobsOff)
         );
     }
@@ -526,7 +569,7 @@ mod tests {
     #[test]
     fn verify_upstream_forwards_then_judges_the_answer() {
         let c = config("verify_upstream");
-        let d = c.decide_request(&request("GET", BLOB, &["2a05:d012::1"]));
+        let d = decide_request(&c, &request("GET", BLOB, &["2a05:d012::1"]));
         let RequestStep::Forward(plan) = d.step else { panic!("{d:?}") };
         assert!(plan.verify && plan.send_as_head);
         let ok = plan.decide(200);
@@ -543,7 +586,7 @@ mod tests {
                 (Action::PassedUpstreamAnswer, ResponseStep::Pass, true)
             );
         }
-        let head = c.decide_request(&request("HEAD", BLOB, &["15.236.0.1"]));
+        let head = decide_request(&c, &request("HEAD", BLOB, &["15.236.0.1"]));
         let RequestStep::Forward(plan) = head.step else { panic!() };
         assert!(!plan.send_as_head);
         assert!(!plan.decide(401).zero_content_length);
@@ -552,16 +595,16 @@ mod tests {
     #[test]
     fn describe_tells_the_operator_why() {
         let c = config("redirect");
-        let d = c.decide_request(&request("GET", BLOB, &["1.1.1.1, 15.236.10.20"]));
+        let d = decide_request(&c, &request("GET", BLOB, &["1.1.1.1, 15.236.10.20"]));
         assert_eq!(
-            c.describe(Action::Redirected, d.client.as_ref()),
+            describe(&c, Action::Redirected, d.client.as_ref()),
             "redirected; client=15.236.10.20; prefix=15.236.0.0/15; backend=aws-eu-west-3"
         );
-        let d = c.decide_request(&request("GET", BLOB, &["garbage"]));
+        let d = decide_request(&c, &request("GET", BLOB, &["garbage"]));
         assert_eq!(
-            c.describe(Action::PassedNoClientIp, d.client.as_ref()),
+            describe(&c, Action::PassedNoClientIp, d.client.as_ref()),
             "passed_no_client_ip; client=none"
         );
-        assert_eq!(c.describe(Action::PassedNotBlob, None), "passed_not_blob");
+        assert_eq!(describe(&c, Action::PassedNotBlob, None), "passed_not_blob");
     }
 }

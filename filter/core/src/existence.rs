@@ -11,6 +11,7 @@
 //! keys: a new entry replaces whatever held its slot (eviction by collision), and an entry for
 //! another blob found in a slot reads as unknown.
 
+use crate::slot::slot_of;
 use serde::Deserialize;
 
 /// The `existence_check` section.
@@ -88,7 +89,7 @@ impl CheckRequest {
             scheme,
             cache_key: format!(
                 "blobsteer.exists.{}",
-                slot(&[backend, digest], settings.cache_slots)
+                slot_of(&[backend, digest], settings.cache_slots)
             ),
             entry_id: format!("{backend} {digest}"),
         })
@@ -183,19 +184,6 @@ impl CheckOutcome {
             CheckOutcome::Failed => "failed",
         }
     }
-}
-
-/// FNV-1a over the parts (separated by NUL): the same slot in every worker and every restart.
-pub(crate) fn slot(parts: &[&str], slots: u32) -> u64 {
-    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-    for (i, part) in parts.iter().enumerate() {
-        let separator = if i == 0 { None } else { Some(0u8) };
-        for byte in separator.into_iter().chain(part.bytes()) {
-            hash ^= u64::from(byte);
-            hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
-        }
-    }
-    hash % u64::from(slots.max(1))
 }
 
 #[cfg(test)]

@@ -13,10 +13,12 @@ pub mod existence;
 pub mod manifest;
 pub mod ranges;
 pub mod registry_path;
+pub mod rewriting;
+pub mod slot;
 pub mod url_template;
 
 pub use config::{Backend, BlobMode, Config, ConfigError, ConfigErrors, Target};
 pub use decision::{
     Action, ClientMatch, Decision, DigestLookup, ManifestPlan, Request, RequestStep,
-    ResponseDecision, ResponsePlan, ResponseStep,
+    ResponseDecision, ResponsePlan, ResponseStep, Route,
 };

@@ -1,26 +1,30 @@
 //! The blobsteer Envoy filter: proxy-wasm glue only.
 //!
-//! Everything is decided by `blobsteer-core`; this crate reads headers and properties from the
-//! host, asks the core, and applies the answer (a local redirect, a rewritten `Location`, a
-//! header, a counter). Host calls that can fail are handled, and any failure leaves the request
-//! and response as they were: the filter fails open.
+//! Everything is decided by `blobsteer-core`; this crate reads from the host, asks the core,
+//! and applies the answer. Every host call goes through one seam ([`host::Host`], implemented
+//! for Envoy in `host.rs`, the only file that calls `proxy_wasm::hostcalls`), so the glue is
+//! tested in Rust against a fake host. Any failure leaves the request and response as they
+//! were: the filter fails open.
+//!
+//! The modules, in the order their imports run: `host` (the seam), `metrics`,
+//! `check_registry` and `vm` (what a VM's streams share), `callout` (answers by token), the
+//! phase owners `blob`, `check` and `manifest`, then `stream` (one HTTP stream) and `root`.
+//! `sdk` connects them to the proxy-wasm SDK's traits. `docs/request-handling.md` draws the
+//! flow.
 
-mod http;
-mod manifests;
+mod blob;
+mod callout;
+mod check;
+mod check_registry;
+mod host;
+mod manifest;
 mod metrics;
 mod root;
+mod sdk;
+mod stream;
+mod vm;
 
-use proxy_wasm::traits::RootContext;
-use proxy_wasm::types::LogLevel;
-
-/// The VM's entry point, exported as `_initialize`.
-mod entry {
-    use super::*;
-
-    proxy_wasm::main! {{
-        proxy_wasm::set_log_level(LogLevel::Info);
-        proxy_wasm::set_root_context(|_context_id| -> Box<dyn RootContext> {
-            Box::new(root::Root::default())
-        });
-    }}
-}
+#[cfg(test)]
+mod fake;
+#[cfg(test)]
+mod tests;

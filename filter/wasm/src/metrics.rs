@@ -5,11 +5,10 @@
 //! `wasmcustom.blobsteer.backend.<name>.<action>` and `wasmcustom.blobsteer.check.<event>` in
 //! `/stats`.
 
+use crate::host::Host;
 use blobsteer_core::existence::CheckOutcome;
 use blobsteer_core::manifest::Untouched;
 use blobsteer_core::{Action, Config};
-use proxy_wasm::hostcalls;
-use proxy_wasm::types::MetricType;
 use std::collections::HashMap;
 
 /// What happened to an existence check, besides its outcome.
@@ -54,11 +53,12 @@ impl CheckEvent {
     }
 }
 
-/// Counter ids, defined once per VM when the configuration is accepted.
+/// Counter ids, defined once per VM when the configuration is accepted. Actions are indexed by
+/// their discriminant: counting is an array read and one host call per counter.
 pub struct Metrics {
-    actions: HashMap<Action, u32>,
-    /// For each backend, in configuration order, the ids of [`Action::PER_BACKEND`].
-    per_backend: Vec<HashMap<Action, u32>>,
+    actions: [Option<u32>; Action::ALL.len()],
+    /// For each backend, in configuration order, the ids of its per-backend actions.
+    per_backend: Vec<[Option<u32>; Action::ALL.len()]>,
     checks: HashMap<CheckEvent, u32>,
     /// `blobsteer.manifest.untouched.<reason>`; `None` is an upstream answer other than 200.
     untouched: HashMap<Option<Untouched>, u32>,
@@ -66,75 +66,86 @@ pub struct Metrics {
 
 impl Metrics {
     /// Defines every counter. A counter the host refuses is simply not counted.
-    pub fn define(config: &Config) -> Metrics {
-        let actions = Action::ALL
-            .iter()
-            .filter_map(|&a| define(format!("blobsteer.{}", a.as_str())).map(|id| (a, id)))
-            .collect();
+    pub fn define(host: &impl Host, config: &Config) -> Metrics {
+        let mut actions = [None; Action::ALL.len()];
+        for action in Action::ALL {
+            if let Some(slot) = actions.get_mut(action as usize) {
+                *slot = define(host, format!("blobsteer.{}", action.as_str()));
+            }
+        }
         let per_backend = config
             .backends()
             .iter()
             .map(|backend| {
-                Action::PER_BACKEND
-                    .iter()
-                    .filter_map(|&a| {
-                        define(format!("blobsteer.backend.{}.{}", backend.name, a.as_str()))
-                            .map(|id| (a, id))
-                    })
-                    .collect()
+                let mut ids = [None; Action::ALL.len()];
+                for action in Action::PER_BACKEND {
+                    if let Some(slot) = ids.get_mut(action as usize) {
+                        let name =
+                            format!("blobsteer.backend.{}.{}", backend.name, action.as_str());
+                        *slot = define(host, name);
+                    }
+                }
+                ids
             })
             .collect();
         let checks = CheckEvent::all()
-            .filter_map(|e| define(format!("blobsteer.check.{}", e.name())).map(|id| (e, id)))
+            .filter_map(|e| define(host, format!("blobsteer.check.{}", e.name())).map(|id| (e, id)))
             .collect();
         let untouched = Untouched::ALL
             .iter()
             .map(|&reason| (Some(reason), reason.as_str()))
             .chain([(None, "upstream_status")])
             .filter_map(|(reason, name)| {
-                define(format!("blobsteer.manifest.untouched.{name}")).map(|id| (reason, id))
+                define(host, format!("blobsteer.manifest.untouched.{name}")).map(|id| (reason, id))
             })
             .collect();
         Metrics { actions, per_backend, checks, untouched }
     }
 
     /// Counts one action, and its backend's counter when there is one.
-    pub fn count(&self, action: Action, backend: Option<usize>) {
+    pub fn count(&self, host: &impl Host, action: Action, backend: Option<usize>) {
+        let index = action as usize;
         let per_backend =
-            backend.and_then(|b| self.per_backend.get(b)).and_then(|ids| ids.get(&action));
-        for &id in self.actions.get(&action).into_iter().chain(per_backend) {
-            increment(id);
+            backend.and_then(|b| self.per_backend.get(b)).and_then(|ids| ids.get(index)).copied();
+        let ids = [self.actions.get(index).copied().flatten(), per_backend.flatten()];
+        for id in ids.into_iter().flatten() {
+            increment(host, id);
         }
     }
 
     /// Counts a manifest sent as the upstream sent it, and why.
-    pub fn count_untouched(&self, reason: Option<Untouched>, backend: Option<usize>) {
-        self.count(Action::ManifestUntouched, backend);
+    pub fn count_untouched(
+        &self,
+        host: &impl Host,
+        reason: Option<Untouched>,
+        backend: Option<usize>,
+    ) {
+        self.count(host, Action::ManifestUntouched, backend);
         if let Some(&id) = self.untouched.get(&reason) {
-            increment(id);
+            increment(host, id);
         }
     }
 
     /// Counts an existence-check event.
-    pub fn count_check(&self, event: CheckEvent) {
+    pub fn count_check(&self, host: &impl Host, event: CheckEvent) {
         if let Some(&id) = self.checks.get(&event) {
-            increment(id);
+            increment(host, id);
         }
     }
 }
 
-fn define(name: String) -> Option<u32> {
-    match hostcalls::define_metric(MetricType::Counter, &name) {
+fn define(host: &impl Host, name: String) -> Option<u32> {
+    match host.define_counter(&name) {
         Ok(id) => Some(id),
-        Err(status) => {
-            log::warn!("cannot define stat {name}: {status:?}");
+        Err(refused) => {
+            log::warn!("cannot define stat {name}: {refused:?}");
             None
         }
     }
 }
 
-fn increment(id: u32) {
-    if let Err(status) = hostcalls::increment_metric(id, 1) {
-        log::debug!("cannot increment stat {id}: {status:?}");
+fn increment(host: &impl Host, id: u32) {
+    if let Err(refused) = host.increment(id) {
+        log::debug!("cannot increment stat {id}: {refused:?}");
     }
 }

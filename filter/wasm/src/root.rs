@@ -1,42 +1,43 @@
-//! The root context: accepts or refuses the configuration, once per VM.
+//! The root context: accepts or refuses the configuration, once per VM, and makes the streams.
 
-use crate::http::{Filter, HttpFilter, PassThrough};
-use crate::metrics::Metrics;
+use crate::host::Host;
+use crate::stream::Stream;
+use crate::vm::Vm;
 use blobsteer_core::Config;
-use proxy_wasm::hostcalls;
-use proxy_wasm::traits::{Context, HttpContext, RootContext};
-use proxy_wasm::types::{BufferType, ContextType};
 use std::rc::Rc;
 
-/// Holds the compiled configuration shared by every HTTP stream of this VM.
-#[derive(Default)]
-pub struct Root {
-    filter: Option<Rc<Filter>>,
+/// Holds the VM's state once its configuration is accepted.
+pub struct Root<H> {
+    host: H,
+    vm: Option<Rc<Vm<H>>>,
 }
 
-impl Context for Root {}
+impl<H: Host + Clone> Root<H> {
+    /// A VM that has not been configured yet.
+    pub fn new(host: H) -> Self {
+        Root { host, vm: None }
+    }
 
-impl RootContext for Root {
-    /// Returning false makes Envoy refuse the filter (and NACK an xDS update): a bad config is
-    /// never half-applied.
-    fn on_configure(&mut self, _size: usize) -> bool {
-        let bytes = match hostcalls::get_buffer(BufferType::PluginConfiguration, 0, usize::MAX) {
+    /// Reads, validates and compiles the configuration. Returning false makes Envoy refuse the
+    /// filter (and NACK an xDS update): a bad config is never half-applied.
+    pub fn configure(&mut self) -> bool {
+        let bytes = match self.host.plugin_configuration() {
             Ok(Some(bytes)) => bytes,
             Ok(None) => {
                 log::error!("refusing to start: the plugin has no configuration");
                 return false;
             }
-            Err(status) => {
-                log::error!("refusing to start: cannot read the configuration: {status:?}");
+            Err(refused) => {
+                log::error!("refusing to start: cannot read the configuration: {refused:?}");
                 return false;
             }
         };
-        let started = hostcalls::get_current_time().ok();
+        let started = self.host.now();
         match Config::from_json(&bytes) {
             Ok(config) => {
                 // Parse, validation and table build, timed by the host: what a VM pays at load.
                 let took = started
-                    .zip(hostcalls::get_current_time().ok())
+                    .zip(self.host.now())
                     .and_then(|(start, end)| end.duration_since(start).ok())
                     .unwrap_or_default();
                 log::info!(
@@ -45,8 +46,7 @@ impl RootContext for Root {
                     bytes.len(),
                     config.summary()
                 );
-                let metrics = Metrics::define(&config);
-                self.filter = Some(Rc::new(Filter::new(config, metrics)));
+                self.vm = Some(Rc::new(Vm::new(self.host.clone(), config)));
                 true
             }
             Err(errors) => {
@@ -58,14 +58,9 @@ impl RootContext for Root {
         }
     }
 
-    fn create_http_context(&self, context_id: u32) -> Option<Box<dyn HttpContext>> {
-        Some(match &self.filter {
-            Some(filter) => Box::new(HttpFilter::new(context_id, Rc::clone(filter))),
-            None => Box::new(PassThrough),
-        })
-    }
-
-    fn get_type(&self) -> Option<ContextType> {
-        Some(ContextType::HttpContext)
+    /// A stream of this VM; `None` before a configuration was accepted (never reached: Envoy
+    /// refuses such a filter).
+    pub fn stream(&self, context_id: u32) -> Option<Stream<H>> {
+        self.vm.as_ref().map(|vm| Stream::new(context_id, Rc::clone(vm)))
     }
 }

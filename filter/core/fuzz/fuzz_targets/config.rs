@@ -13,6 +13,7 @@
 #![no_main]
 
 use blobsteer_core::config::Target;
+use blobsteer_core::decision::{decide_request, describe};
 use blobsteer_core::{Config, Request, RequestStep};
 use blobsteer_fuzz::{assert_safe_location, boundary_addresses, longest_match, url_prefix};
 use libfuzzer_sys::fuzz_target;
@@ -104,8 +105,8 @@ fn check_blob_request(config: &Config, ip: IpAddr) {
     let forwarded_for = [xff.as_str()];
     let request =
         Request { method: "GET", path: BLOB, forwarded_for: &forwarded_for, source_address: None };
-    let decision = config.decide_request(&request);
-    let _ = config.describe(blobsteer_core::Action::Redirected, decision.client.as_ref());
+    let decision = decide_request(&config, &request);
+    let _ = describe(&config, blobsteer_core::Action::Redirected, decision.client.as_ref());
     // Not an exhaustive `match`: steps the core may add (other than blob redirects) are not this
     // target's business, and must not stop it from building.
     let location = if let RequestStep::Respond(redirect) = &decision.step {

@@ -21,6 +21,7 @@
 
 use blobsteer_core::config::{BlobMode, REDIRECT_STATUSES};
 use blobsteer_core::existence::{CheckRequest, Known};
+use blobsteer_core::decision::{decide_request, describe};
 use blobsteer_core::registry_path::RegistryPath;
 use blobsteer_core::{
     Action, ClientMatch, Config, Decision, Request, RequestStep, ResponsePlan, ResponseStep,
@@ -72,7 +73,7 @@ fuzz_target!(|data: &[u8]| {
         source_address: Some(SOURCE_ADDRESS),
     };
     for config in CONFIGS.iter() {
-        let decision = config.decide_request(&request);
+        let decision = decide_request(&config, &request);
         check(config, &request, &decision);
     }
 });
@@ -82,7 +83,7 @@ fn check(config: &Config, request: &Request<'_>, decision: &Decision) {
         RequestStep::Pass(action) => *action,
         _ => Action::Redirected,
     };
-    let _ = config.describe(action, decision.client.as_ref());
+    let _ = describe(&config, action, decision.client.as_ref());
     // Not an exhaustive `match`: steps the core may add (e.g. for manifests) are checked only
     // for not being blob redirects, and must not stop this target from building.
     let location = if let RequestStep::Respond(redirect) = &decision.step {

@@ -11,7 +11,8 @@
 //! `slots × MAX_ENTRY_BYTES`.
 
 use super::Rewritten;
-use crate::existence::slot;
+use crate::slot::slot_of;
+use std::rc::Rc;
 
 /// The largest original plus rewrite kept: image manifests and indexes are a few KiB.
 pub const MAX_ENTRY_BYTES: usize = 64 << 10;
@@ -37,7 +38,7 @@ struct Entry {
     repository: String,
     content_type: Option<String>,
     original: Vec<u8>,
-    rewritten: Rewritten,
+    rewritten: Rc<Rewritten>,
 }
 
 impl Entry {
@@ -61,15 +62,16 @@ impl RewriteCache {
         RewriteCache { slots: (0..slots).map(|_| None).collect() }
     }
 
-    /// The rewrite made earlier from exactly this origin, if it is still kept.
-    pub fn get(&self, origin: &Origin<'_>) -> Option<&Rewritten> {
+    /// The rewrite made earlier from exactly this origin, if it is still kept (shared, not
+    /// copied: a hit costs no allocation).
+    pub fn get(&self, origin: &Origin<'_>) -> Option<Rc<Rewritten>> {
         let entry = self.slots.get(self.slot(origin)?)?.as_ref()?;
-        entry.made_from(origin).then_some(&entry.rewritten)
+        entry.made_from(origin).then(|| Rc::clone(&entry.rewritten))
     }
 
     /// Keeps `rewritten` as made from `origin` (unless it is too large, or has no digest
     /// header to be found by).
-    pub fn insert(&mut self, origin: &Origin<'_>, rewritten: &Rewritten) {
+    pub fn insert(&mut self, origin: &Origin<'_>, rewritten: &Rc<Rewritten>) {
         if origin.original.len() + rewritten.bytes.len() > MAX_ENTRY_BYTES {
             return;
         }
@@ -80,7 +82,7 @@ impl RewriteCache {
                 repository: origin.repository.to_string(),
                 content_type: origin.content_type.map(str::to_string),
                 original: origin.original.to_vec(),
-                rewritten: rewritten.clone(),
+                rewritten: Rc::clone(rewritten),
             });
         }
     }
@@ -88,7 +90,7 @@ impl RewriteCache {
     fn slot(&self, origin: &Origin<'_>) -> Option<usize> {
         let slots = u32::try_from(self.slots.len()).ok().filter(|&n| n > 0)?;
         let backend = origin.backend.to_string();
-        let index = slot(&[origin.upstream_digest?, origin.repository, &backend], slots);
+        let index = slot_of(&[origin.upstream_digest?, origin.repository, &backend], slots);
         usize::try_from(index).ok()
     }
 }
@@ -99,8 +101,9 @@ mod tests {
     #[cfg(target_arch = "wasm32")]
     use wasm_bindgen_test::wasm_bindgen_test as test;
 
-    fn rewritten(text: &str) -> Rewritten {
-        Rewritten { bytes: text.as_bytes().to_vec(), digest: format!("d-{text}"), children: vec![] }
+    fn rewritten(text: &str) -> Rc<Rewritten> {
+        let bytes = text.as_bytes().to_vec();
+        Rc::new(Rewritten { bytes, digest: format!("d-{text}"), children: vec![] })
     }
 
     fn origin<'a>(original: &'a [u8], backend: usize) -> Origin<'a> {
@@ -119,7 +122,7 @@ mod tests {
         let bytes = br#"{"schemaVersion":2}"#;
         assert_eq!(cache.get(&origin(bytes, 0)), None);
         cache.insert(&origin(bytes, 0), &rewritten("new"));
-        assert_eq!(cache.get(&origin(bytes, 0)), Some(&rewritten("new")));
+        assert_eq!(cache.get(&origin(bytes, 0)), Some(rewritten("new")));
         // Another backend, repository, content type, or other bytes under the same digest
         // header: a miss, never the rewrite of something else.
         assert_eq!(cache.get(&origin(bytes, 1)), None);
@@ -164,6 +167,6 @@ mod tests {
         cache.insert(&origin(a, 0), &rewritten("a"));
         cache.insert(&b_origin, &rewritten("b"));
         assert_eq!(cache.get(&origin(a, 0)), None);
-        assert_eq!(cache.get(&b_origin), Some(&rewritten("b")));
+        assert_eq!(cache.get(&b_origin), Some(rewritten("b")));
     }
 }

@@ -14,8 +14,8 @@
 pub mod cache;
 pub mod json;
 
-use crate::config::Backend;
 use crate::digest::Digest;
+use crate::url_template::UrlTemplate;
 use json::{JsonError, Node, Value};
 use sha2::{Digest as _, Sha256};
 
@@ -150,6 +150,11 @@ pub struct Manifest<'a> {
     pub kind: Kind,
 }
 
+/// Whether a `Content-Encoding` value means the body is not the manifest's own bytes.
+pub fn is_encoded(content_encoding: Option<&str>) -> bool {
+    content_encoding.is_some_and(|e| !e.trim().eq_ignore_ascii_case("identity"))
+}
+
 /// Reads a manifest as served: its bytes, `Content-Type` and `Content-Encoding` headers.
 pub fn read<'a>(
     bytes: &'a [u8],
@@ -160,7 +165,7 @@ pub fn read<'a>(
     if bytes.len() > max_bytes {
         return Err(Untouched::TooLarge);
     }
-    if content_encoding.is_some_and(|e| !e.trim().eq_ignore_ascii_case("identity")) {
+    if is_encoded(content_encoding) {
         return Err(Untouched::Encoded);
     }
     let root = json::parse(bytes).map_err(|e| match e {
@@ -315,6 +320,8 @@ pub struct ManifestSettings {
     pub mapping_slots: u32,
     /// Rewrites each VM keeps ([`cache::RewriteCache`]; at most 64 KiB each; 0: none).
     pub cache_slots: u32,
+    /// How long fetching an index's children may take before the index is sent untouched.
+    pub child_timeout_ms: u32,
 }
 
 impl Default for ManifestSettings {
@@ -324,6 +331,7 @@ impl Default for ManifestSettings {
             max_bytes: DEFAULT_MAX_BYTES as u32,
             mapping_slots: 16_384,
             cache_slots: 64,
+            child_timeout_ms: 10_000,
         }
     }
 }
@@ -332,6 +340,8 @@ impl Default for ManifestSettings {
 pub const MAX_BYTES: std::ops::RangeInclusive<u32> = 1024..=(64 << 20);
 /// Limits of `cache_slots`: up to 64 MiB per VM at the most.
 pub const CACHE_SLOTS: std::ops::RangeInclusive<u32> = 0..=1024;
+/// Limits of `child_timeout_ms`.
+pub const CHILD_TIMEOUT_MS: std::ops::RangeInclusive<u32> = 1..=60_000;
 /// Limits of `mapping_slots`.
 pub const MAPPING_SLOTS: std::ops::RangeInclusive<u32> = 1..=1_048_576;
 
@@ -356,7 +366,7 @@ pub struct Mapping {
 impl Mapping {
     /// The shared-data key of the slot for `digest`.
     pub fn key(digest: &str, slots: u32) -> String {
-        format!("blobsteer.manifest.{}", crate::existence::slot(&[digest], slots))
+        format!("blobsteer.manifest.{}", crate::slot::slot_of(&[digest], slots))
     }
 
     /// The slot's value.
@@ -392,13 +402,13 @@ pub struct Child {
     pub content_type: Option<String>,
 }
 
-/// What a tag request from a client of `backend` gets: the rewritten manifest, or why the
-/// original is sent. For an index, `child` fetches each child by digest; every child must come,
+/// What a tag request from a client of a backend whose blobs live at `blob_url` gets: the
+/// rewritten manifest, or why the original is sent. For an index, `child` fetches each child by digest; every child must come,
 /// hash to its digest and be rewritten, or the index is sent untouched. `present` says whether
 /// a blob may be advertised on the backend (known to be there, or the backend is not checked).
 #[allow(clippy::too_many_arguments)]
 pub fn rewrite_for_backend(
-    backend: &Backend,
+    blob_url: &UrlTemplate,
     repository: &str,
     bytes: &[u8],
     content_type: Option<&str>,
@@ -408,7 +418,7 @@ pub fn rewrite_for_backend(
     present: impl Fn(&str) -> bool,
 ) -> Result<Rewritten, Untouched> {
     read(bytes, content_type, content_encoding, max_bytes)?
-        .rewrite_for(backend, repository, max_bytes, child, present)
+        .rewrite_for(blob_url, repository, max_bytes, child, present)
 }
 
 impl Manifest<'_> {
@@ -420,14 +430,14 @@ impl Manifest<'_> {
     /// [`rewrite_for_backend`] of a manifest already read.
     pub fn rewrite_for(
         &self,
-        backend: &Backend,
+        blob_url: &UrlTemplate,
         repository: &str,
         max_bytes: usize,
         child: impl Fn(&str) -> Option<Child>,
         present: impl Fn(&str) -> bool,
     ) -> Result<Rewritten, Untouched> {
         let url = |digest: Digest<'_>| {
-            present(digest.as_str()).then(|| backend.blob_url.render(repository, digest))
+            present(digest.as_str()).then(|| blob_url.render(repository, digest))
         };
         let manifest = self;
         match manifest.kind {

@@ -1,0 +1,93 @@
+//! Callouts by token: every `dispatch_http_call` a stream makes is recorded with what it is
+//! for, and its answer is routed by that token alone. An unknown token (a callout given up, or
+//! never ours) is ignored.
+//!
+//! An answer is read only through [`Answer`], which looks at how much Envoy delivered first:
+//! with zero headers (a callout that failed after the upstream started answering) nothing may
+//! be read, and the answer is a failed callout.
+
+use crate::host::{Delivered, Host};
+use std::collections::HashMap;
+
+/// What a callout is for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Purpose {
+    /// The existence check this stream sent for a blob (the waiters are in `check::Checks`).
+    Check,
+    /// The fetch of one child of an index, by its digest.
+    Child(String),
+}
+
+/// The callouts of one stream that have not answered.
+#[derive(Debug, Default)]
+pub struct Callouts {
+    pending: HashMap<u32, Purpose>,
+}
+
+impl Callouts {
+    /// Records a dispatched callout.
+    pub fn record(&mut self, token: u32, purpose: Purpose) {
+        self.pending.insert(token, purpose);
+    }
+
+    /// What the answered callout was for, if it is one of ours still awaited.
+    pub fn take(&mut self, token: u32) -> Option<Purpose> {
+        self.pending.remove(&token)
+    }
+
+    /// Forgets every callout of a kind: their answers, if they come, are ignored.
+    pub fn forget(&mut self, kind: impl Fn(&Purpose) -> bool) {
+        self.pending.retain(|_, purpose| !kind(purpose));
+    }
+}
+
+/// A callout's answer, as far as it can be read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Answer {
+    /// No headers were delivered: the callout failed, and nothing of it may be read.
+    Failed,
+    /// Headers (and perhaps a body) were delivered.
+    Received {
+        /// `:status`, if it is a number.
+        status: Option<u16>,
+        /// What was delivered.
+        delivered: Delivered,
+    },
+}
+
+impl Answer {
+    /// Reads the status of the answer being delivered, only if headers were delivered.
+    pub fn read(host: &impl Host, delivered: Delivered) -> Answer {
+        if delivered.headers == 0 {
+            return Answer::Failed;
+        }
+        let status = host
+            .call_header(":status")
+            .and_then(|value| std::str::from_utf8(&value).ok()?.parse().ok());
+        Answer::Received { status, delivered }
+    }
+
+    /// The status, `None` for a failed callout.
+    pub fn status(&self) -> Option<u16> {
+        match self {
+            Answer::Failed => None,
+            Answer::Received { status, .. } => *status,
+        }
+    }
+
+    /// Another header of the answer.
+    pub fn header(&self, host: &impl Host, name: &str) -> Option<Vec<u8>> {
+        match self {
+            Answer::Failed => None,
+            Answer::Received { .. } => host.call_header(name),
+        }
+    }
+
+    /// The body of the answer.
+    pub fn body(&self, host: &impl Host) -> Option<Vec<u8>> {
+        match self {
+            Answer::Failed => None,
+            Answer::Received { delivered, .. } => host.call_body(delivered.body),
+        }
+    }
+}

@@ -1,0 +1,178 @@
+//! One HTTP stream: reads the request, asks the core, and hands the stream to the phase that
+//! owns what happens next (blob steering, an existence check, manifest rewriting). Host events
+//! come in through the methods here; callout answers are routed by token.
+
+use crate::blob::{self, Forwarded};
+use crate::callout::{Answer, Callouts, Purpose};
+use crate::check::{self, Held, Outcome};
+use crate::host::{Delivered, Headers, Host};
+use crate::manifest;
+use crate::vm::Vm;
+use blobsteer_core::decision::{decide_route, route};
+use blobsteer_core::{ClientMatch, Decision, Request, RequestStep};
+use proxy_wasm::types::Action as HostAction;
+use std::rc::Rc;
+
+/// What the response phase of a stream still has to do.
+#[derive(Debug, Default)]
+enum Phase {
+    /// Nothing.
+    #[default]
+    Idle,
+    /// Add the decision header with this value.
+    Describe(String),
+    /// A blob request sent upstream: judge its answer.
+    Blob(Forwarded),
+    /// Held for (or released by) an existence check.
+    Check(Held),
+    /// A manifest response that may be rewritten.
+    Manifest(manifest::Phase),
+}
+
+/// A stream the filter acts on.
+pub struct Stream<H> {
+    context_id: u32,
+    vm: Rc<Vm<H>>,
+    phase: Phase,
+    callouts: Callouts,
+}
+
+impl<H: Host> Stream<H> {
+    /// A stream of the VM.
+    pub fn new(context_id: u32, vm: Rc<Vm<H>>) -> Self {
+        Stream { context_id, vm, phase: Phase::Idle, callouts: Callouts::default() }
+    }
+
+    /// The request headers are in: decide, reading only what the decision needs (`:path`
+    /// first; `:method` and `x-forwarded-for` only for a registry path).
+    pub fn on_request_headers(&mut self) -> HostAction {
+        let vm = Rc::clone(&self.vm);
+        let host = &vm.host;
+        let path = host.header(Headers::Request, ":path").unwrap_or_default();
+        let path = std::str::from_utf8(&path).unwrap_or_default();
+        let route = route(&vm.config, path);
+        let (method, forwarded_for, source_address) = if route.needs_client() {
+            let method = host.header(Headers::Request, ":method").unwrap_or_default();
+            // Envoy joins repeated lines of this inline header into one value. Bytes that are
+            // not UTF-8 become U+FFFD, which no address parser accepts.
+            let xff = host.header(Headers::Request, "x-forwarded-for");
+            let xff = xff.map(|line| String::from_utf8_lossy(&line).into_owned());
+            let source = match (&xff, vm.config.client_ip.source_address_fallback) {
+                (None, true) => host.property(&["source", "address"]),
+                _ => None,
+            };
+            (method, xff, source.and_then(|s| String::from_utf8(s).ok()))
+        } else {
+            (Vec::new(), None, None)
+        };
+        let lines: Vec<&str> = forwarded_for.iter().map(String::as_str).collect();
+        let request = Request {
+            method: std::str::from_utf8(&method).unwrap_or_default(),
+            path,
+            forwarded_for: &lines,
+            source_address: source_address.as_deref(),
+        };
+        let Decision { step, client, check } = decide_route(&vm.config, route, &request);
+        match (step, client, check) {
+            (RequestStep::RewriteManifest(plan), client, _) => {
+                self.manifest(manifest::start(&vm, plan, client))
+            }
+            (RequestStep::LookupRewritten(lookup), _, _) => {
+                self.manifest(manifest::lookup(&vm, lookup))
+            }
+            (RequestStep::Pass(action), client, _) => {
+                vm.count(action, client.as_ref().and_then(ClientMatch::backend));
+                if let Some(text) = vm.describe(action, client.as_ref()) {
+                    self.phase = Phase::Describe(text);
+                }
+                HostAction::Continue
+            }
+            (step, Some(client), Some(check)) => {
+                let (next, outcome) =
+                    check::start(&vm, self.context_id, &mut self.callouts, step, client, check);
+                self.phase = match outcome {
+                    Outcome::Steered(Some(forwarded)) => Phase::Blob(forwarded),
+                    Outcome::Steered(None) | Outcome::Passed(None) => Phase::Idle,
+                    Outcome::Held(held) => Phase::Check(held),
+                    Outcome::Passed(Some(text)) => Phase::Describe(text),
+                };
+                next
+            }
+            (step, Some(client), None) => {
+                let (next, forwarded) = blob::steer(&vm, step, client);
+                if let Some(forwarded) = forwarded {
+                    self.phase = Phase::Blob(forwarded);
+                }
+                next
+            }
+            // A steering step always comes with its client; without one, leave the request be.
+            (_, None, _) => HostAction::Continue,
+        }
+    }
+
+    /// The upstream's (or a local reply's) response headers.
+    pub fn on_response_headers(&mut self) -> HostAction {
+        let vm = Rc::clone(&self.vm);
+        match std::mem::take(&mut self.phase) {
+            Phase::Idle => HostAction::Continue,
+            Phase::Describe(text) => {
+                vm.add_decision_header(&text);
+                HostAction::Continue
+            }
+            Phase::Blob(forwarded) => forwarded.on_response(&vm),
+            Phase::Check(held) => held.on_response(&vm, self.context_id),
+            Phase::Manifest(phase) => self.manifest(phase.on_response_headers(&vm)),
+        }
+    }
+
+    /// A response body callback.
+    pub fn on_response_body(&mut self, body_size: usize, end_of_stream: bool) -> HostAction {
+        let vm = Rc::clone(&self.vm);
+        match std::mem::take(&mut self.phase) {
+            Phase::Manifest(phase) => {
+                let step =
+                    phase.on_response_body(&vm, &mut self.callouts, body_size, end_of_stream);
+                self.manifest(step)
+            }
+            other => {
+                self.phase = other;
+                HostAction::Continue
+            }
+        }
+    }
+
+    /// A callout of this stream answered (or failed): routed by its token alone.
+    pub fn on_call_answer(&mut self, token: u32, delivered: Delivered) {
+        let Some(purpose) = self.callouts.take(token) else {
+            log::debug!("answer to a callout that is not awaited (token {token}): ignored");
+            return;
+        };
+        let vm = Rc::clone(&self.vm);
+        let answer = Answer::read(&vm.host, delivered);
+        match (purpose, std::mem::take(&mut self.phase)) {
+            (Purpose::Check, Phase::Check(mut held)) => {
+                held.answered(&vm, self.context_id, answer);
+                self.phase = Phase::Check(held);
+            }
+            (Purpose::Child(digest), Phase::Manifest(phase)) => {
+                if let Some(next) = phase.on_child(&vm, digest, answer) {
+                    self.phase = Phase::Manifest(next);
+                }
+            }
+            (_, phase) => self.phase = phase,
+        }
+    }
+
+    /// The stream is done: whatever it held for others is released.
+    pub fn on_done(&mut self) {
+        check::forget(&self.vm, self.context_id);
+        if let Phase::Check(held) = std::mem::take(&mut self.phase) {
+            held.ended(&self.vm, self.context_id);
+        }
+    }
+
+    fn manifest(&mut self, (next, phase): (HostAction, Option<manifest::Phase>)) -> HostAction {
+        self.phase = phase.map_or(Phase::Idle, Phase::Manifest);
+        next
+    }
+}

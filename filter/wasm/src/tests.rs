@@ -1,0 +1,387 @@
+//! The glue, driven as Envoy drives it, against the fake host: requests, responses, callout
+//! answers and stream ends, in the orders that matter.
+
+use crate::fake::{Answering, FakeHost};
+use crate::host::{Delivered, Headers};
+use crate::root::Root;
+use crate::stream::Stream;
+use proxy_wasm::types::Action as HostAction;
+use std::collections::HashMap;
+
+const BLOB: &str =
+    "/v2/demo/hello/blobs/sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+const EU: &str = "15.236.10.20";
+const INDEX: &[u8] = include_bytes!("../../../testdata/manifests/layout/index.json");
+const CHILDREN: [(&str, &[u8]); 2] = [
+    (
+        "sha256:38cd360f421acaf7047bcbf3f9cdc851fa32d6fe7281bb52fc5ca5d351f15cd9",
+        include_bytes!("../../../testdata/manifests/layout/blobs/sha256/38cd360f421acaf7047bcbf3f9cdc851fa32d6fe7281bb52fc5ca5d351f15cd9"),
+    ),
+    (
+        "sha256:6e55cb0199a9c1102f159d4594a4937399ca3cd2db8014e00c683569dd3c53f1",
+        include_bytes!("../../../testdata/manifests/layout/blobs/sha256/6e55cb0199a9c1102f159d4594a4937399ca3cd2db8014e00c683569dd3c53f1"),
+    ),
+];
+const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
+
+/// A VM with a configuration, its streams, and the fake host they share.
+struct Vm {
+    host: FakeHost,
+    root: Root<FakeHost>,
+    streams: HashMap<u32, Stream<FakeHost>>,
+}
+
+impl Vm {
+    /// A VM whose configuration is one backend `eu` with `extra` members added to it, and the
+    /// top-level `sections`.
+    fn new(backend_extra: &str, sections: &str) -> Vm {
+        let config = format!(
+            r#"{{"backends": [{{"name": "eu", "blob_url": "http://mirror.example:8080/b/{{digest}}", "cidrs": ["15.236.0.0/15"]{backend_extra}}}]{sections}}}"#
+        );
+        let host = FakeHost::default();
+        host.state().properties.insert("plugin_configuration".into(), config.into_bytes());
+        host.state().properties.insert("xds.cluster_name".into(), b"registry".to_vec());
+        host.state().now_s = 1_000;
+        let mut root = Root::new(host.clone());
+        assert!(root.configure(), "the test configuration is valid");
+        Vm { host, root, streams: HashMap::new() }
+    }
+
+    fn checked() -> Vm {
+        Vm::new(r#", "cluster": "mirror_eu""#, "")
+    }
+
+    fn rewriting() -> Vm {
+        Vm::new("", r#", "manifests": {"rewrite": true}"#)
+    }
+
+    /// A new stream with these request headers, as Envoy calls `on_http_request_headers`.
+    fn request(&mut self, id: u32, headers: &[(&str, &str)]) -> HostAction {
+        {
+            let mut state = self.host.state();
+            let stream = state.streams.entry(id).or_default();
+            stream.request =
+                headers.iter().map(|(n, v)| (n.to_string(), v.as_bytes().to_vec())).collect();
+            state.current = id;
+        }
+        let mut stream = self.root.stream(id).expect("configured");
+        let action = stream.on_request_headers();
+        self.streams.insert(id, stream);
+        action
+    }
+
+    fn blob(&mut self, id: u32, method: &str, xff: &str) -> HostAction {
+        self.request(id, &[(":method", method), (":path", BLOB), ("x-forwarded-for", xff)])
+    }
+
+    fn tag(&mut self, id: u32, method: &str) -> HostAction {
+        let path = "/v2/demo/hello/manifests/1.0";
+        let headers =
+            [(":method", method), (":path", path), (":authority", "reg"), ("x-forwarded-for", EU)];
+        self.request(id, &headers)
+    }
+
+    /// The upstream's response headers arrive.
+    fn response_headers(&mut self, id: u32, headers: &[(&str, &str)]) -> HostAction {
+        {
+            let mut state = self.host.state();
+            state.current = id;
+            let stream = state.streams.entry(id).or_default();
+            stream.response =
+                headers.iter().map(|(n, v)| (n.to_string(), v.as_bytes().to_vec())).collect();
+        }
+        self.streams.get_mut(&id).unwrap().on_response_headers()
+    }
+
+    /// The whole response body arrives in one callback.
+    fn response_body(&mut self, id: u32, body: &[u8]) -> HostAction {
+        {
+            let mut state = self.host.state();
+            state.current = id;
+            state.streams.entry(id).or_default().body = body.to_vec();
+        }
+        self.streams.get_mut(&id).unwrap().on_response_body(body.len(), true)
+    }
+
+    /// Envoy delivers the answer of callout `token` to the stream that sent it.
+    fn answer(&mut self, token: u32, headers: &[(&str, &str)], body: &[u8]) {
+        let context_id =
+            self.host.state().calls.iter().find(|c| c.token == token).unwrap().context_id;
+        let answering = Answering {
+            headers: headers.iter().map(|(n, v)| (n.to_string(), v.as_bytes().to_vec())).collect(),
+            body: body.to_vec(),
+        };
+        {
+            let mut state = self.host.state();
+            state.current = context_id;
+            state.answering = Some(answering);
+        }
+        let delivered = Delivered { headers: headers.len(), body: body.len() };
+        if let Some(stream) = self.streams.get_mut(&context_id) {
+            stream.on_call_answer(token, delivered);
+        }
+        self.host.state().answering = None;
+    }
+
+    fn done(&mut self, id: u32) {
+        self.host.state().current = id;
+        let mut stream = self.streams.remove(&id).unwrap();
+        stream.on_done();
+        self.host.state().streams.remove(&id);
+    }
+
+    fn calls(&self) -> Vec<crate::fake::Call> {
+        self.host.state().calls.clone()
+    }
+}
+
+fn moved(vm: &Vm, names: &[(&str, u64)]) {
+    let want: Vec<(String, u64)> = names.iter().map(|(n, v)| (n.to_string(), *v)).collect();
+    let mut want = want;
+    want.sort();
+    assert_eq!(vm.host.moved(), want);
+}
+
+#[test]
+fn a_path_outside_the_registry_is_decided_from_path_alone() {
+    let mut vm = Vm::new("", "");
+    let action =
+        vm.request(1, &[(":method", "GET"), (":path", "/v2/_catalog"), ("x-forwarded-for", EU)]);
+    assert_eq!(action, HostAction::Continue);
+    let reads: Vec<String> = vm.host.state().reads.iter().map(|(_, _, n)| n.clone()).collect();
+    assert_eq!(reads, [":path"]);
+    moved(&vm, &[("passed_not_blob", 1)]);
+    // A blob request reads exactly the three headers the decision needs.
+    vm.host.state().reads.clear();
+    assert_eq!(vm.blob(2, "GET", EU), HostAction::Pause);
+    let reads: Vec<String> = vm.host.state().reads.iter().map(|(_, _, n)| n.clone()).collect();
+    assert_eq!(reads, [":path", ":method", "x-forwarded-for"]);
+    let (status, headers) = vm.host.stream(2).local_reply.unwrap();
+    assert_eq!(status, 307);
+    assert_eq!(headers[0].1, format!("http://mirror.example:8080/b/{}", &BLOB[21..]));
+}
+
+#[test]
+fn two_streams_coalesce_on_one_check_and_both_are_steered() {
+    let mut vm = Vm::checked();
+    assert_eq!(vm.blob(1, "GET", EU), HostAction::Pause);
+    assert_eq!(vm.blob(2, "HEAD", EU), HostAction::Pause);
+    let calls = vm.calls();
+    assert_eq!(calls.len(), 1, "one HEAD for both streams");
+    assert_eq!(
+        (calls[0].cluster.as_str(), calls[0].header(":method")),
+        ("mirror_eu", Some("HEAD"))
+    );
+    assert_eq!(calls[0].header(":authority"), Some("mirror.example:8080"));
+    vm.answer(calls[0].token, &[(":status", "200")], b"");
+    for id in [1, 2] {
+        let (status, _) = vm.host.stream(id).local_reply.expect("redirected");
+        assert_eq!(status, 307, "stream {id}");
+        assert_eq!(vm.host.stream(id).resumed_requests, 0);
+    }
+    assert_eq!(vm.host.state().current, 1, "back on the stream that was called");
+    moved(
+        &vm,
+        &[
+            ("check.sent", 1),
+            ("check.coalesced", 1),
+            ("check.present", 1),
+            ("redirected", 2),
+            ("backend.eu.redirected", 2),
+        ],
+    );
+    // The answer is cached for every worker: the next request needs no check.
+    assert_eq!(vm.blob(3, "GET", EU), HostAction::Pause);
+    assert_eq!(vm.calls().len(), 1);
+    assert_eq!(vm.host.counter("check.cache_present"), 1);
+    // The local replies go out through the response phase untouched.
+    for id in [1, 2] {
+        assert_eq!(vm.response_headers(id, &[(":status", "307")]), HostAction::Continue);
+    }
+}
+
+#[test]
+fn a_stream_that_ends_while_its_check_is_in_flight_releases_its_waiters() {
+    let mut vm = Vm::checked();
+    vm.blob(1, "GET", EU);
+    vm.blob(2, "GET", EU);
+    let token = vm.calls()[0].token;
+    vm.done(1);
+    let waiter = vm.host.stream(2);
+    assert_eq!((waiter.resumed_requests, waiter.local_reply), (1, None), "sent upstream");
+    assert_eq!(vm.host.counter("passed_mirror_missing"), 1);
+    // Envoy cancels the callout with its stream; an answer that came anyway finds no one.
+    vm.answer(token, &[(":status", "200")], b"");
+    assert_eq!(vm.host.stream(2).local_reply, None);
+    assert!(vm.host.state().shared.keys().all(|k| !k.starts_with("blobsteer.exists.")));
+    assert_eq!(vm.response_headers(2, &[(":status", "200")]), HostAction::Continue);
+}
+
+#[test]
+fn a_check_answer_with_zero_headers_is_a_failed_check_read_no_further() {
+    let mut vm = Vm::checked();
+    vm.blob(1, "GET", EU);
+    vm.blob(2, "GET", EU);
+    // The fake panics, as proxy-wasm 0.2.5 does, if the glue reads the headers.
+    vm.answer(vm.calls()[0].token, &[], b"");
+    for id in [1, 2] {
+        let stream = vm.host.stream(id);
+        assert_eq!((stream.resumed_requests, stream.local_reply), (1, None), "stream {id}");
+    }
+    assert_eq!(vm.host.counter("check.unavailable"), 1);
+    assert_eq!(vm.host.counter("passed_mirror_missing"), 2);
+    // The failure is cached briefly: the next request goes upstream at once.
+    assert_eq!(vm.blob(3, "GET", EU), HostAction::Continue);
+    assert_eq!(vm.host.counter("check.cache_absent"), 1);
+}
+
+#[test]
+fn an_unknown_token_is_ignored() {
+    let mut vm = Vm::checked();
+    vm.blob(1, "GET", EU);
+    let before = vm.host.moved();
+    vm.host.state().calls.push(crate::fake::Call {
+        token: 999,
+        context_id: 1,
+        cluster: "elsewhere".into(),
+        headers: vec![],
+        timeout: std::time::Duration::ZERO,
+    });
+    vm.answer(999, &[(":status", "200")], b"");
+    assert_eq!(vm.host.moved(), before);
+    assert_eq!(vm.host.stream(1).local_reply, None, "still held for its own check");
+    vm.answer(vm.calls()[0].token, &[(":status", "200")], b"");
+    assert_eq!(vm.host.stream(1).local_reply.map(|(s, _)| s), Some(307));
+}
+
+#[test]
+fn a_redirect_the_host_refuses_leaves_the_request_to_the_upstream() {
+    let mut vm = Vm::new("", "");
+    vm.host.state().refuse.insert("send_response".into());
+    assert_eq!(vm.blob(1, "GET", EU), HostAction::Continue);
+    assert_eq!(vm.host.counter("redirected"), 0);
+    // verify_upstream: the upstream's 200 to a HEAD cannot become the redirect, so it stays,
+    // made whole for the GET client (no body follows).
+    let mut vm = Vm::new("", r#", "blobs": {"mode": "verify_upstream"}"#);
+    vm.host.state().refuse.insert("send_response".into());
+    assert_eq!(vm.blob(1, "GET", EU), HostAction::Continue);
+    assert_eq!(vm.host.stream(1).request_header(":method").as_deref(), Some("HEAD"));
+    let action = vm.response_headers(1, &[(":status", "200"), ("content-length", "1234")]);
+    assert_eq!(action, HostAction::Continue);
+    assert_eq!(vm.host.stream(1).response_header("content-length").as_deref(), Some("0"));
+    moved(&vm, &[("passed_upstream_answer", 1), ("backend.eu.passed_upstream_answer", 1)]);
+}
+
+#[test]
+fn a_head_sent_upstream_as_get_has_its_body_dropped() {
+    let mut vm = Vm::rewriting();
+    assert_eq!(vm.tag(1, "HEAD"), HostAction::Continue);
+    assert_eq!(vm.host.stream(1).request_header(":method").as_deref(), Some("GET"));
+    // Not a manifest the filter rewrites (gzip): the answer goes, without its body.
+    let headers = [(":status", "200"), ("content-encoding", "gzip"), ("content-length", "5")];
+    assert_eq!(vm.response_headers(1, &headers), HostAction::Continue);
+    assert_eq!(vm.response_body(1, b"bytes"), HostAction::Continue);
+    let stream = vm.host.stream(1);
+    assert_eq!(stream.body, b"");
+    assert_eq!(stream.response_header("content-length").as_deref(), Some("5"));
+    assert_eq!(vm.host.counter("manifest.untouched.encoded"), 1);
+}
+
+/// A tag request whose index is held and whose two children are fetched.
+fn index_fetched(vm: &mut Vm, method: &str) -> Vec<crate::fake::Call> {
+    vm.tag(1, method);
+    let head = [(":status", "200"), ("content-type", OCI_INDEX)];
+    assert_eq!(vm.response_headers(1, &head), HostAction::Pause);
+    assert_eq!(vm.response_body(1, INDEX), HostAction::Pause, "held for the children");
+    let calls = vm.calls();
+    assert_eq!(calls.len(), 2);
+    for (call, (digest, _)) in calls.iter().zip(CHILDREN) {
+        assert_eq!(call.cluster, "registry");
+        assert_eq!(
+            call.header(":path"),
+            Some(format!("/v2/demo/hello/manifests/{digest}").as_str())
+        );
+        assert_eq!(call.header(":authority"), Some("reg"));
+        assert_eq!(call.timeout, std::time::Duration::from_millis(10_000));
+    }
+    calls
+}
+
+#[test]
+fn an_index_whose_child_fails_goes_out_as_it_came() {
+    let mut vm = Vm::rewriting();
+    let calls = index_fetched(&mut vm, "GET");
+    vm.answer(calls[0].token, &[(":status", "200")], CHILDREN[0].1);
+    assert_eq!(vm.host.stream(1).resumed_responses, 0, "one child still out");
+    vm.answer(calls[1].token, &[(":status", "404")], b"{}");
+    let stream = vm.host.stream(1);
+    assert_eq!(stream.resumed_responses, 1);
+    assert_eq!(stream.body, INDEX);
+    assert_eq!(stream.response_header("docker-content-digest"), None);
+    assert_eq!(vm.host.counter("manifest.untouched.child_unavailable"), 1);
+}
+
+#[test]
+fn a_child_answer_with_zero_headers_is_a_failed_child() {
+    let mut vm = Vm::rewriting();
+    let calls = index_fetched(&mut vm, "GET");
+    vm.answer(calls[0].token, &[(":status", "200")], CHILDREN[0].1);
+    vm.answer(calls[1].token, &[], b"");
+    let stream = vm.host.stream(1);
+    assert_eq!((stream.resumed_responses, stream.body.as_slice()), (1, INDEX));
+    assert_eq!(vm.host.counter("manifest.untouched.child_unavailable"), 1);
+}
+
+#[test]
+fn an_index_is_rewritten_and_its_digest_served_again() {
+    let mut vm = Vm::rewriting();
+    let calls = index_fetched(&mut vm, "HEAD");
+    for (call, (_, bytes)) in calls.iter().zip(CHILDREN) {
+        vm.answer(call.token, &[(":status", "200")], bytes);
+    }
+    let stream = vm.host.stream(1);
+    assert_eq!(stream.resumed_responses, 1);
+    assert_eq!(stream.body, b"", "a HEAD client gets no body");
+    let digest = stream.response_header("docker-content-digest").unwrap();
+    assert_ne!(digest, blobsteer_core::manifest::sha256_digest(INDEX));
+    assert_eq!(stream.response_header("etag"), Some(format!("\"{digest}\"")));
+    assert_eq!(vm.host.counter("manifest_rewritten"), 1);
+
+    // The client asks for what it was told: the original is asked for instead, and rewritten
+    // to the same bytes.
+    let path = format!("/v2/demo/hello/manifests/{digest}");
+    assert_eq!(vm.request(2, &[(":method", "GET"), (":path", &path)]), HostAction::Continue);
+    let original =
+        format!("/v2/demo/hello/manifests/{}", blobsteer_core::manifest::sha256_digest(INDEX));
+    assert_eq!(vm.host.stream(2).request_header(":path"), Some(original));
+    let head = [(":status", "200"), ("content-type", OCI_INDEX)];
+    assert_eq!(vm.response_headers(2, &head), HostAction::Pause);
+    // The first answer had no Docker-Content-Digest to keep its rewrite by: the children are
+    // fetched again.
+    assert_eq!(vm.response_body(2, INDEX), HostAction::Pause);
+    let calls = vm.calls();
+    assert_eq!(calls.len(), 4);
+    for (call, (_, bytes)) in calls[2..].iter().zip(CHILDREN) {
+        vm.answer(call.token, &[(":status", "200")], bytes);
+    }
+    let stream = vm.host.stream(2);
+    assert_eq!(stream.response_header("docker-content-digest"), Some(digest.clone()));
+    assert_eq!(blobsteer_core::manifest::sha256_digest(&stream.body), digest);
+    assert_eq!(
+        stream.response_header("content-length"),
+        Some(stream.body.len().to_string()),
+        "framing agrees with the body sent"
+    );
+    assert_eq!(vm.host.counter("manifest_served_by_digest"), 1);
+}
+
+#[test]
+fn a_digest_the_filter_did_not_produce_is_left_alone() {
+    let mut vm = Vm::rewriting();
+    let path = format!("/v2/demo/hello/manifests/{}", CHILDREN[0].0);
+    assert_eq!(vm.request(1, &[(":method", "GET"), (":path", &path)]), HostAction::Continue);
+    assert_eq!(vm.host.stream(1).request_header(":path"), Some(path));
+    assert_eq!(vm.response_headers(1, &[(":status", "200")]), HostAction::Continue);
+    assert_eq!(vm.host.moved(), vec![]);
+    assert!(vm.host.state().reads.iter().all(|(_, map, _)| *map == Headers::Request));
+}
