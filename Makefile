@@ -1,5 +1,10 @@
 # blobsteer: `make run` starts the local stack, `make test` runs every test.
-# Every target installs what it needs first (scripts/bootstrap is idempotent and quick when done).
+# Every target installs what it needs first, and only that: scripts/bootstrap has one piece per
+# need, each idempotent and quick when done (see its header):
+#   rust       Rust targets, clippy, rustfmt       build wasm cli unit lint fuzz ranges, and all below
+#   wasm-test  Node.js, wasm-bindgen-test-runner   wasm-test
+#   stack      Debian daemons and tools, Envoy     run e2e bench soak
+# A target checks every prerequisite of the pieces it needs before it installs or builds anything.
 
 SHELL := /bin/bash
 .SHELLFLAGS := -euo pipefail -c
@@ -8,42 +13,53 @@ PYTHON ?= python3
 WASM := target/wasm32-wasip1/release/blobsteer.wasm
 CLI := target/release/blobsteer
 
-.PHONY: all bootstrap build wasm cli run test unit wasm-test lint e2e ranges soak bench fuzz clean
+.PHONY: all bootstrap bootstrap-rust bootstrap-wasm-test bootstrap-stack build wasm cli run test unit wasm-test lint e2e ranges soak bench fuzz clean
 
 all: build
 
+## bootstrap: every piece at once (what `make test` needs)
 bootstrap:
-	@scripts/bootstrap
+	@scripts/bootstrap rust wasm-test stack
+
+bootstrap-rust:
+	@scripts/bootstrap rust
+
+bootstrap-wasm-test:
+	@scripts/bootstrap wasm-test
+
+# The stack's targets also build, so Rust's prerequisites are checked with the stack's, up front.
+bootstrap-stack:
+	@scripts/bootstrap rust stack
 
 build: wasm cli
 
 ## wasm: the filter, and the no-op filter `make bench` measures it against
-wasm: bootstrap
+wasm: bootstrap-rust
 	$(CARGO) build --release --locked --target wasm32-wasip1 -p blobsteer-wasm -p blobsteer-noop
 
-cli: bootstrap
+cli: bootstrap-rust
 	$(CARGO) build --release --locked -p blobsteer-cli
 
 ## run: the local stack in the foreground (registry, mirrors, Envoy with the filter) until Ctrl-C
-run: build
+run: bootstrap-stack build
 	$(PYTHON) scripts/stack.py run
 
 ## test: unit tests natively and on wasm32, lints, then the end-to-end suite with real parts
-test: lint unit wasm-test e2e
+test: bootstrap lint unit wasm-test e2e
 
-unit: bootstrap
+unit: bootstrap-rust
 	$(CARGO) test --locked --workspace
 
-wasm-test: bootstrap
+wasm-test: bootstrap-wasm-test
 	CARGO_TARGET_WASM32_UNKNOWN_UNKNOWN_RUNNER=wasm-bindgen-test-runner \
 	  $(CARGO) test --locked -p blobsteer-core --target wasm32-unknown-unknown
 
-lint: bootstrap
+lint: bootstrap-rust
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --locked --workspace --all-targets -- -D warnings
 	$(CARGO) clippy --locked -p blobsteer-wasm -p blobsteer-noop --target wasm32-wasip1 -- -D warnings
 
-e2e: build
+e2e: bootstrap-stack build
 	$(PYTHON) -m unittest discover -s scripts/e2e -v
 
 ## ranges: a filter config from provider range files (see scripts/ranges for the variables)
@@ -52,16 +68,16 @@ ranges: cli
 
 ## bench: micro-benchmarks, startup and memory, blobsteer side by side with Envoy, Lua and nginx;
 ## writes BENCHMARKS.md (about 10 minutes)
-bench: build
+bench: bootstrap-stack build
 	scripts/bench/all
 
 ## fuzz: every cargo-fuzz target for FUZZ_SECONDS each (default 60), regressions replayed first
-fuzz: bootstrap
+fuzz: bootstrap-rust
 	scripts/fuzz
 
 ## soak: the stack under saturating load for SOAK_SECONDS (default 180), watching Envoy's memory
 SOAK_SECONDS ?= 180
-soak: build
+soak: bootstrap-stack build
 	$(PYTHON) scripts/soak.py --seconds $(SOAK_SECONDS)
 
 clean:
