@@ -95,6 +95,8 @@ class ForwardedForJoiningTest(StackTestCase):
         self.assertEqual(body, self.layer.path.read_bytes())
         self.assert_counted(before, {action: 1})
         self.assert_envoy_saw(snapshot, protocol, lines)
+        # The registry logs a request once it has sent the answer: wait for its log to say so.
+        stk.wait_for(lambda: snapshot.blob_gets()["registry"], "the registry's access log to show its answer")
         self.assert_served_by(snapshot, "registry", {self.layer.digest})
 
     def test_two_lines_with_the_mapped_address_where_the_hops_point_are_steered(self):
