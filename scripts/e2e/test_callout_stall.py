@@ -33,7 +33,7 @@ import socket
 import threading
 import time
 
-from h2_mirror import H2Mirror
+from h2_mirror import RST_STREAM, H2Mirror
 from harness import RUN_ROOT, RawServer, Snapshot, StackTestCase, blob_path, free_ports, request, stk
 
 EU = "aws-eu-west-3"
