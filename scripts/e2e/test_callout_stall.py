@@ -76,7 +76,10 @@ def index_of(child: bytes) -> bytes:
 
 
 def answer_head(content_type: str, length: int, status: str = "200 OK") -> bytes:
-    return f"HTTP/1.1 {status}\r\ncontent-type: {content_type}\r\ncontent-length: {length}\r\n\r\n".encode()
+    """A response head; `connection: close`, since the crafted server closes each connection
+    after one answer (a pooled connection Envoy reused would fail the next callout at once)."""
+    head = f"HTTP/1.1 {status}\r\ncontent-type: {content_type}\r\ncontent-length: {length}\r\n"
+    return (head + "connection: close\r\n\r\n").encode()
 
 
 def timed_get(port: int, path: str, headers: list[tuple[str, str]], timeout: float):
