@@ -42,21 +42,26 @@ pub struct ChildFetch {
 }
 
 /// A tag request of a client with a backend: the upstream's answer will be rewritten.
+/// `header` gives the request's headers, as read once by the stream.
 pub fn start<H: Host>(
     vm: &Vm<H>,
     plan: ManifestPlan,
     client: Option<ClientMatch>,
+    header: impl Fn(&str) -> Option<String>,
 ) -> (HostAction, Option<Phase>) {
     if plan.send_as_get && !vm.set_request_header(":method", "GET") {
         return (HostAction::Continue, None);
     }
-    let header = |name: &str| String::from_utf8(vm.host.header(Headers::Request, name)?).ok();
     (HostAction::Continue, Some(Phase::Requested(ManifestJob::new(plan, client, header))))
 }
 
 /// A manifest asked for by digest: if the filter produced it, ask the upstream for the original
 /// and serve its rewrite again; otherwise leave the request alone.
-pub fn lookup<H: Host>(vm: &Vm<H>, lookup: DigestLookup) -> (HostAction, Option<Phase>) {
+pub fn lookup<H: Host>(
+    vm: &Vm<H>,
+    lookup: DigestLookup,
+    header: impl Fn(&str) -> Option<String>,
+) -> (HostAction, Option<Phase>) {
     let remembered = vm.host.shared(&rewriting::lookup_key(&vm.config, &lookup));
     let Some(reissue) = rewriting::reissue(&vm.config, lookup, remembered.as_deref()) else {
         return (HostAction::Continue, None);
@@ -64,7 +69,7 @@ pub fn lookup<H: Host>(vm: &Vm<H>, lookup: DigestLookup) -> (HostAction, Option<
     if !vm.set_request_header(":path", &reissue.original_path) {
         return (HostAction::Continue, None);
     }
-    start(vm, reissue.plan, None)
+    start(vm, reissue.plan, None, header)
 }
 
 impl Phase {

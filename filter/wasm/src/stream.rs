@@ -11,6 +11,7 @@ use crate::vm::Vm;
 use blobsteer_core::decision::{decide_route, route};
 use blobsteer_core::{ClientMatch, Decision, Request, RequestStep};
 use proxy_wasm::types::Action as HostAction;
+use std::borrow::Cow;
 use std::rc::Rc;
 
 /// What the response phase of a stream still has to do.
@@ -43,42 +44,42 @@ impl<H: Host> Stream<H> {
         Stream { context_id, vm, phase: Phase::Idle, callouts: Callouts::default() }
     }
 
-    /// The request headers are in: decide, reading only what the decision needs (`:path`
-    /// first; `:method` and `x-forwarded-for` only for a registry path).
+    /// The request headers are in: decide. The headers are read in one host call: each call
+    /// crosses into the host and back (about as much as a whole map's bytes cost), and a blob
+    /// request needs three of them. Envoy joins repeated `x-forwarded-for` lines of this
+    /// inline header into one value.
     pub fn on_request_headers(&mut self) -> HostAction {
         let vm = Rc::clone(&self.vm);
-        let host = &vm.host;
-        let path = host.header(Headers::Request, ":path").unwrap_or_default();
-        let path = std::str::from_utf8(&path).unwrap_or_default();
-        let route = route(&vm.config, path);
-        let (method, forwarded_for, source_address) = if route.needs_client() {
-            let method = host.header(Headers::Request, ":method").unwrap_or_default();
-            // Envoy joins repeated lines of this inline header into one value. Bytes that are
-            // not UTF-8 become U+FFFD, which no address parser accepts.
-            let xff = host.header(Headers::Request, "x-forwarded-for");
-            let xff = xff.map(|line| String::from_utf8_lossy(&line).into_owned());
-            let source = match (&xff, vm.config.client_ip.source_address_fallback) {
-                (None, true) => host.property(&["source", "address"]),
-                _ => None,
-            };
-            (method, xff, source.and_then(|s| String::from_utf8(s).ok()))
-        } else {
-            (Vec::new(), None, None)
+        let headers = vm.host.headers(Headers::Request);
+        let header = |name: &str| headers.iter().find(|(n, _)| n == name).map(|(_, v)| v);
+        let text = |name: &str| header(name).and_then(|v| std::str::from_utf8(v).ok());
+        let route = route(&vm.config, text(":path").unwrap_or_default());
+        // Bytes that are not UTF-8 become U+FFFD, which no address parser accepts.
+        let forwarded_for: Vec<Cow<'_, str>> = headers
+            .iter()
+            .filter(|(name, _)| route.needs_client() && name == "x-forwarded-for")
+            .map(|(_, line)| String::from_utf8_lossy(line))
+            .collect();
+        let source = match (forwarded_for.is_empty(), vm.config.client_ip.source_address_fallback) {
+            (true, true) if route.needs_client() => vm.host.property(&["source", "address"]),
+            _ => None,
         };
-        let lines: Vec<&str> = forwarded_for.iter().map(String::as_str).collect();
+        let lines: Vec<&str> = forwarded_for.iter().map(AsRef::as_ref).collect();
         let request = Request {
-            method: std::str::from_utf8(&method).unwrap_or_default(),
-            path,
+            method: text(":method").unwrap_or_default(),
+            path: text(":path").unwrap_or_default(),
             forwarded_for: &lines,
-            source_address: source_address.as_deref(),
+            source_address: source.as_deref().and_then(|s| std::str::from_utf8(s).ok()),
         };
         let Decision { step, client, check } = decide_route(&vm.config, route, &request);
         match (step, client, check) {
             (RequestStep::RewriteManifest(plan), client, _) => {
-                self.manifest(manifest::start(&vm, plan, client))
+                let header = |name: &str| String::from_utf8(header(name)?.clone()).ok();
+                self.manifest(manifest::start(&vm, plan, client, header))
             }
             (RequestStep::LookupRewritten(lookup), _, _) => {
-                self.manifest(manifest::lookup(&vm, lookup))
+                let header = |name: &str| String::from_utf8(header(name)?.clone()).ok();
+                self.manifest(manifest::lookup(&vm, lookup, header))
             }
             (RequestStep::Pass(action), client, _) => {
                 vm.count(action, client.as_ref().and_then(ClientMatch::backend));
