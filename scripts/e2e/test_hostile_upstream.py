@@ -22,7 +22,9 @@ EU = "15.236.10.20"
 
 
 def body_response(body: bytes, *headers: str, status: str = "200 OK") -> bytes:
-    head = [f"HTTP/1.1 {status}", f"content-type: {MANIFEST}", f"content-length: {len(body)}", *headers]
+    """An answer; `connection: close`, since the crafted upstream closes each connection after
+    one answer (a pooled connection Envoy reused would get a reset: Envoy's own 503)."""
+    head = [f"HTTP/1.1 {status}", f"content-type: {MANIFEST}", f"content-length: {len(body)}", "connection: close", *headers]
     return ("\r\n".join(head) + "\r\n\r\n").encode() + body
 
 
@@ -32,14 +34,14 @@ ANSWERS = {
     "duplicate-keys": body_response(b'{"schemaVersion": 2, "mediaType": "a", "mediaType": "b", "layers": []}'),
     "gzip": body_response(gzip.compress(b'{"schemaVersion": 2, "layers": []}', mtime=0), "content-encoding: gzip"),
     "chunked-trailer": (
-        f"HTTP/1.1 200 OK\r\ncontent-type: {MANIFEST}\r\ntransfer-encoding: chunked\r\ntrailer: x-checksum\r\n\r\n"
+        f"HTTP/1.1 200 OK\r\ncontent-type: {MANIFEST}\r\ntransfer-encoding: chunked\r\ntrailer: x-checksum\r\nconnection: close\r\n\r\n"
         "10\r\n{\"schemaVersion\"\r\n5\r\n: 2}\n\r\n0\r\nx-checksum: 1\r\n\r\n"
     ).encode(),
     "length-lies": (
         f"HTTP/1.1 200 OK\r\ncontent-type: {MANIFEST}\r\ncontent-length: 1000\r\nconnection: close\r\n\r\n"
         '{"schemaVersion": 2}'
     ).encode(),
-    "foreign-redirect": b"HTTP/1.1 307 Temporary Redirect\r\nlocation: https://elsewhere.example/x\r\ncontent-length: 0\r\n\r\n",
+    "foreign-redirect": b"HTTP/1.1 307 Temporary Redirect\r\nlocation: https://elsewhere.example/x\r\ncontent-length: 0\r\nconnection: close\r\n\r\n",
     # Well-formed manifests that must stay exactly as published.
     "schema1": body_response(b'{"schemaVersion": 1, "name": "hostile", "tag": "1", "fsLayers": [], "signatures": []}'),
     "signature": body_response(json.dumps({**IMAGE, "subject": DESCRIPTOR}).encode()),
@@ -59,7 +61,7 @@ def crafted_upstream(port: int) -> RawServer:
         if name != "huge":
             conn.sendall(ANSWERS.get(name, body_response(b"", status="404 Not Found")))
             return
-        conn.sendall(f"HTTP/1.1 200 OK\r\ncontent-type: {MANIFEST}\r\ncontent-length: {HUGE}\r\n\r\n".encode())
+        conn.sendall(f"HTTP/1.1 200 OK\r\ncontent-type: {MANIFEST}\r\ncontent-length: {HUGE}\r\nconnection: close\r\n\r\n".encode())
         chunk = b"[" * (1 << 20)
         for _ in range(HUGE // len(chunk)):
             conn.sendall(chunk)

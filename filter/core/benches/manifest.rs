@@ -140,3 +140,39 @@ fn read_image(bencher: divan::Bencher, layers: usize) {
             .map(|m| m.kind)
     });
 }
+
+/// Shapes of a manifest of 4 MiB (Distribution's limit, and the clients'): an ordinary one,
+/// made of many layers, and one object of about 380,000 keys, the shape that made a repeated-key
+/// search quadratic. Reading must cost about the same per KiB for both.
+const SHAPES: [&str; 2] = ["ordinary", "one_object"];
+
+/// A manifest of about 4 MiB in `shape`.
+fn four_mib(shape: &str) -> Vec<u8> {
+    const SIZE: usize = 4 << 20;
+    let bytes = match shape {
+        "ordinary" => image_manifest(SIZE / 300),
+        _ => {
+            let mut text = format!("{{\"schemaVersion\":2,\"mediaType\":\"{OCI_MANIFEST}\"");
+            let mut i = 0;
+            while text.len() < SIZE - 32 {
+                let _ = write!(text, ",\"k{i}\":0");
+                i += 1;
+            }
+            text.push('}');
+            text.into_bytes()
+        }
+    };
+    assert!(bytes.len() <= SIZE, "{shape}: {} bytes", bytes.len());
+    bytes
+}
+
+/// Reading a 4 MiB manifest of each shape (the one-object shape is refused afterwards, as not a
+/// manifest: what is timed is the reading that has to happen first).
+#[divan::bench(args = SHAPES, sample_count = 20)]
+fn read_4_mib(bencher: divan::Bencher, shape: &str) {
+    let bytes = four_mib(shape);
+    bencher.counter(BytesCount::new(bytes.len())).bench_local(|| {
+        manifest::read(black_box(&bytes), Some(OCI_MANIFEST), None, DEFAULT_MAX_BYTES)
+            .map(|m| m.kind)
+    });
+}

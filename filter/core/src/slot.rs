@@ -7,6 +7,12 @@
 
 /// FNV-1a over the parts (separated by NUL), reduced to `0..slots` (`slots` 0 counts as 1).
 pub fn slot_of(parts: &[&str], slots: u32) -> u64 {
+    fnv1a(parts) % u64::from(slots.max(1))
+}
+
+/// FNV-1a (64 bits) over the parts, separated by NUL: cheap and stable, not secret (never the
+/// only thing standing between an attacker and a slow path).
+pub fn fnv1a(parts: &[&str]) -> u64 {
     let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
     for (i, part) in parts.iter().enumerate() {
         let separator = if i == 0 { None } else { Some(0u8) };
@@ -15,7 +21,7 @@ pub fn slot_of(parts: &[&str], slots: u32) -> u64 {
             hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
         }
     }
-    hash % u64::from(slots.max(1))
+    hash
 }
 
 #[cfg(test)]

@@ -175,8 +175,8 @@ pub fn read<'a>(
     if !matches!(root.value, Value::Object(_)) {
         return Err(Untouched::InvalidJson);
     }
-    match root.get("schemaVersion").map(|v| &v.value) {
-        Some(Value::Number(n)) if n == "2" => {}
+    match root.get("schemaVersion") {
+        Some(n) if n.value == Value::Number && bytes.get(n.span.clone()) == Some(b"2") => {}
         _ => return Err(Untouched::Schema1),
     }
     let header = content_type.map(|t| t.split(';').next().unwrap_or_default().trim());
