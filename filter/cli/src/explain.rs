@@ -27,7 +27,13 @@ pub fn run(argv: &[String]) -> Result<ExitCode, Usage> {
     let source = args.get("source");
     let explain = |xff: Option<&str>| {
         let lines: Vec<&str> = xff.into_iter().collect();
-        let request = Request { method, path, forwarded_for: &lines, source_address: source };
+        let request = Request {
+            method,
+            path,
+            forwarded_for: &lines,
+            source_address: source,
+            has_body: false,
+        };
         println!("{}", describe(&config, &request, xff));
     };
     if args.positional.is_empty() {

@@ -294,7 +294,13 @@ fn decide_blob_request(bencher: divan::Bencher) {
         let xff = [lines[i].as_str()];
         decide_request(
             config,
-            black_box(&Request { method: "GET", path, forwarded_for: &xff, source_address: None }),
+            black_box(&Request {
+                method: "GET",
+                path,
+                forwarded_for: &xff,
+                source_address: None,
+                has_body: false,
+            }),
         )
     });
 }

@@ -24,6 +24,10 @@ pub struct Request<'a> {
     pub forwarded_for: &'a [&'a str],
     /// The `source.address` property (`ip:port`), if the host gave one.
     pub source_address: Option<&'a str>,
+    /// The request carries a body (the headers did not end the stream). The filter never
+    /// holds, changes or answers such a request: its body would follow the reply on the
+    /// connection, where the next response is expected.
+    pub has_body: bool,
 }
 
 /// Where the client is, as far as steering is concerned.
@@ -113,6 +117,8 @@ pub enum Action {
     PassedNonRoutable,
     /// The client's mirror lacks the blob, or its check failed: the request went upstream.
     PassedMirrorMissing,
+    /// A blob or manifest request that carries a body (no download sends one).
+    PassedRequestBody,
     /// A manifest was rewritten for the client's backend.
     ManifestRewritten,
     /// A manifest was left as the upstream sent it (the reason has its own counter).
@@ -123,7 +129,7 @@ pub enum Action {
 
 impl Action {
     /// Every action, for defining stats up front.
-    pub const ALL: [Action; 13] = [
+    pub const ALL: [Action; 14] = [
         Action::Redirected,
         Action::LocationRewritten,
         Action::PassedUpstreamAnswer,
@@ -134,6 +140,7 @@ impl Action {
         Action::PassedNoBackend,
         Action::PassedNonRoutable,
         Action::PassedMirrorMissing,
+        Action::PassedRequestBody,
         Action::ManifestRewritten,
         Action::ManifestUntouched,
         Action::ManifestServedByDigest,
@@ -161,6 +168,7 @@ impl Action {
             Action::PassedNoBackend => "passed_no_backend",
             Action::PassedNonRoutable => "passed_non_routable",
             Action::PassedMirrorMissing => "passed_mirror_missing",
+            Action::PassedRequestBody => "passed_request_body",
             Action::ManifestRewritten => "manifest_rewritten",
             Action::ManifestUntouched => "manifest_untouched",
             Action::ManifestServedByDigest => "manifest_served_by_digest",
@@ -361,6 +369,9 @@ pub fn decide_route(config: &Config, route: Route<'_>, request: &Request<'_>) ->
         (_, "HEAD") => true,
         _ => return pass(Action::PassedMethod),
     };
+    if request.has_body {
+        return pass(Action::PassedRequestBody);
+    }
     let (repository, digest) = match route {
         Route::Blob { repository, digest } => (repository, digest),
         Route::Manifest { repository, reference } => {
@@ -488,7 +499,7 @@ mod tests {
     }
 
     fn request<'a>(method: &'a str, path: &'a str, xff: &'a [&'a str]) -> Request<'a> {
-        Request { method, path, forwarded_for: xff, source_address: None }
+        Request { method, path, forwarded_for: xff, source_address: None, has_body: false }
     }
 
     #[test]
@@ -558,6 +569,13 @@ mod tests {
         for (method, path, xff, want) in cases {
             let d = decide_request(&c, &request(method, path, xff));
             assert_eq!(d.step, RequestStep::Pass(want), "{method} {path} {xff:?}");
+        }
+        // A body on a GET or HEAD: never held, changed or answered, in any mode.
+        for mode in ["redirect", "verify_upstream"] {
+            let with_body = Request { has_body: true, ..request("GET", BLOB, &["15.236.10.20"]) };
+            let d = decide_request(&config(mode), &with_body);
+            assert_eq!(d.step, RequestStep::Pass(Action::PassedRequestBody), "{mode}");
+            assert_eq!(d.check, None);
         }
         let off = config("off");
         assert_eq!(

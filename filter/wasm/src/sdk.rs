@@ -52,8 +52,12 @@ impl Context for Stream<Envoy> {
 }
 
 impl HttpContext for Stream<Envoy> {
-    fn on_http_request_headers(&mut self, _headers: usize, _end_of_stream: bool) -> Action {
-        Stream::on_request_headers(self)
+    fn on_http_request_headers(&mut self, _headers: usize, end_of_stream: bool) -> Action {
+        Stream::on_request_headers(self, end_of_stream)
+    }
+
+    fn on_http_request_body(&mut self, _body_size: usize, _end_of_stream: bool) -> Action {
+        Stream::on_request_body(self)
     }
 
     fn on_http_response_headers(&mut self, _headers: usize, _end_of_stream: bool) -> Action {

@@ -48,7 +48,7 @@ impl<H: Host> Stream<H> {
     /// crosses into the host and back (about as much as a whole map's bytes cost), and a blob
     /// request needs three of them. Envoy joins repeated `x-forwarded-for` lines of this
     /// inline header into one value.
-    pub fn on_request_headers(&mut self) -> HostAction {
+    pub fn on_request_headers(&mut self, end_of_stream: bool) -> HostAction {
         let vm = Rc::clone(&self.vm);
         let headers = vm.host.headers(Headers::Request);
         let header = |name: &str| headers.iter().find(|(n, _)| n == name).map(|(_, v)| v);
@@ -70,6 +70,7 @@ impl<H: Host> Stream<H> {
             path: text(":path").unwrap_or_default(),
             forwarded_for: &lines,
             source_address: source.as_deref().and_then(|s| std::str::from_utf8(s).ok()),
+            has_body: !end_of_stream,
         };
         let Decision { step, client, check } = decide_route(&vm.config, route, &request);
         match (step, client, check) {
@@ -108,6 +109,16 @@ impl<H: Host> Stream<H> {
             }
             // A steering step always comes with its client; without one, leave the request be.
             (_, None, _) => HostAction::Continue,
+        }
+    }
+
+    /// A request body callback. A held request must stay held whatever comes after its
+    /// headers: continuing here would send it upstream before its check answers. (The core
+    /// passes every request that has a body, so this is a guard, not a path.)
+    pub fn on_request_body(&mut self) -> HostAction {
+        match self.phase {
+            Phase::Check(_) => HostAction::Pause,
+            _ => HostAction::Continue,
         }
     }
 

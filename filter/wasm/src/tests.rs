@@ -29,6 +29,8 @@ struct Vm {
     host: FakeHost,
     root: Root<FakeHost>,
     streams: HashMap<u32, Stream<FakeHost>>,
+    /// The next request's headers do not end its stream: a body follows.
+    body_follows: bool,
 }
 
 impl Vm {
@@ -44,7 +46,7 @@ impl Vm {
         host.state().now_s = 1_000;
         let mut root = Root::new(host.clone());
         assert!(root.configure(), "the test configuration is valid");
-        Vm { host, root, streams: HashMap::new() }
+        Vm { host, root, streams: HashMap::new(), body_follows: false }
     }
 
     fn checked() -> Vm {
@@ -65,7 +67,7 @@ impl Vm {
             state.current = id;
         }
         let mut stream = self.root.stream(id).expect("configured");
-        let action = stream.on_request_headers();
+        let action = stream.on_request_headers(!std::mem::take(&mut self.body_follows));
         self.streams.insert(id, stream);
         action
     }
@@ -387,4 +389,18 @@ fn a_digest_the_filter_did_not_produce_is_left_alone() {
     assert_eq!(vm.response_headers(1, &[(":status", "200")]), HostAction::Continue);
     assert_eq!(vm.host.moved(), vec![]);
     assert!(vm.host.state().reads.iter().all(|(_, map, _)| *map == Headers::Request));
+}
+
+#[test]
+fn a_blob_request_with_a_body_is_never_held_or_answered() {
+    let mut vm = Vm::checked();
+    vm.body_follows = true;
+    assert_eq!(vm.blob(1, "GET", EU), HostAction::Continue);
+    assert!(vm.calls().is_empty(), "no check for it");
+    assert_eq!(vm.host.stream(1).local_reply, None);
+    assert_eq!(vm.streams.get_mut(&1).unwrap().on_request_body(), HostAction::Continue);
+    moved(&vm, &[("passed_request_body", 1)]);
+    // A held request's body, however it comes, keeps it held until its check answers.
+    assert_eq!(vm.blob(2, "GET", EU), HostAction::Pause);
+    assert_eq!(vm.streams.get_mut(&2).unwrap().on_request_body(), HostAction::Pause);
 }

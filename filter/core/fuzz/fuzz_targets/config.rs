@@ -104,7 +104,13 @@ fn check_blob_request(config: &Config, ip: IpAddr) {
     let xff = ip.to_string();
     let forwarded_for = [xff.as_str()];
     let request =
-        Request { method: "GET", path: BLOB, forwarded_for: &forwarded_for, source_address: None };
+        Request {
+            method: "GET",
+            path: BLOB,
+            forwarded_for: &forwarded_for,
+            source_address: None,
+            has_body: false,
+        };
     let decision = decide_request(&config, &request);
     let _ = describe(&config, blobsteer_core::Action::Redirected, decision.client.as_ref());
     // Not an exhaustive `match`: steps the core may add (other than blob redirects) are not this
