@@ -30,6 +30,14 @@ CASES = [
     ("unknown key", config({**GOOD, "cidr": []}), "backends[0].cidr: unknown field `cidr`"),
     ("unknown mode", config(GOOD, blobs={"mode": "redirects"}), "blobs.mode: unknown variant `redirects`"),
     ("not JSON", "backends: []", "expected value at line 1 column 1"),
+    ("a framing header as the decision header", config(GOOD, decision_header="content-length"),
+     'decision_header: "content-length" is a framing, hop-by-hop, Envoy or registry-protocol header'),
+    ("a registry header as the decision header", config(GOOD, decision_header="docker-content-digest"),
+     'decision_header: "docker-content-digest" is a framing, hop-by-hop, Envoy or registry-protocol header'),
+    ("a placeholder in the fragment", config({**GOOD, "blob_url": "http://h#{digest}"}),
+     'backends[0].blob_url: "http://h#{digest}" placeholders may only appear in the path'),
+    ("a placeholder in the query", config({**GOOD, "blob_url": "http://h/b?d={digest}"}),
+     'backends[0].blob_url: "http://h/b?d={digest}" placeholders may only appear in the path'),
 ]  # fmt: skip
 
 

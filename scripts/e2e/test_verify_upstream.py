@@ -74,6 +74,24 @@ class VerifyUpstreamTest(StackTestCase):
                 asked = self.stack.registry_requests()[snapshot.registry :]
                 self.assertEqual([(r.method, r.status, r.bytes) for r in asked], [("HEAD", 200, 0)])
 
+    def test_a_range_request_is_redirected_and_the_mirror_serves_the_range(self):
+        """containerd resumes a layer with `Range`: the registry's yes to it (a 206 to the
+        `HEAD`) becomes the redirect, and the mirror serves the range the client asks again.
+        Passed on, it was a 206 with `content-length: 0` and no bytes."""
+        layer = self.image.layers["linux/amd64"][0]
+        data = layer.path.read_bytes()
+        location = self.backend_url("aws-eu-west-3", layer.digest)
+        for extra in ([], [("if-range", f'"{layer.digest}"')]):
+            with self.subTest(if_range=bool(extra)):
+                before = self.counters()
+                status, got, _ = self.blob_request("GET", layer.digest, self.basic(), ("range", "bytes=10-19"), *extra)
+                self.assertEqual((status, got.get("location")), (307, location))
+                self.assert_counted(before, {"redirected": 1, "backend.aws-eu-west-3.redirected": 1})
+                port = int(location.split("/")[2].rpartition(":")[2])
+                path = "/" + location.split("/", 3)[3]
+                status, got, body = request(port, "GET", path, [("range", "bytes=10-19")])
+                self.assertEqual((status, got.get("content-range"), body), (206, f"bytes 10-19/{len(data)}", data[10:20]))
+
     def test_clients_with_credentials_pull_every_blob_from_the_mirror(self):
         snapshot = Snapshot(self.stack)
         with tempfile.TemporaryDirectory() as dest:

@@ -17,6 +17,39 @@ use std::fmt;
 /// Redirect statuses a blob can be answered with.
 pub const REDIRECT_STATUSES: [u16; 5] = [301, 302, 303, 307, 308];
 
+/// Response headers the decision header may not be: framing and hop-by-hop headers (a wrong
+/// one breaks the response itself), and those of the registry protocol and its redirects (the
+/// decision text would replace what clients read).
+pub const RESERVED_HEADERS: [&str; 27] = [
+    "content-length",
+    "transfer-encoding",
+    "content-encoding",
+    "content-type",
+    "content-range",
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "te",
+    "trailer",
+    "upgrade",
+    "host",
+    "location",
+    "docker-content-digest",
+    "docker-distribution-api-version",
+    "docker-upload-uuid",
+    "etag",
+    "last-modified",
+    "accept-ranges",
+    "range",
+    "www-authenticate",
+    "authorization",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "set-cookie",
+    "cache-control",
+    "date",
+];
+
 /// Longest backend name: it becomes part of Envoy stat names.
 pub const MAX_BACKEND_NAME_LEN: usize = 64;
 
@@ -343,6 +376,12 @@ impl Validator {
                     "decision_header",
                     format!("{header:?} is not a lowercase HTTP header name ([a-z0-9-], not starting with '-')"),
                 );
+            } else if RESERVED_HEADERS.contains(&header.as_str()) || header.starts_with("x-envoy-")
+            {
+                self.error(
+                    "decision_header",
+                    format!("{header:?} is a framing, hop-by-hop, Envoy or registry-protocol header: choose a name of your own, such as x-blobsteer-decision"),
+                );
             }
         }
         let table = CidrTable::new(entries).map_err(|duplicates| {
@@ -488,6 +527,34 @@ mod tests {
             "non_routable[0]: 15.236.0.0/15 is already listed at backends[0].cidrs[0] (eu)",
         ];
         assert_eq!(got, want);
+    }
+
+    #[test]
+    fn the_decision_header_cannot_be_one_that_clients_or_framing_read() {
+        let with = |header: &str| {
+            format!(
+                r#"{{"backends": [{{"name": "a", "blob_url": "https://a/{{digest}}", "cidrs": []}}], "decision_header": "{header}"}}"#
+            )
+        };
+        for header in [
+            "content-length",
+            "transfer-encoding",
+            "location",
+            "docker-content-digest",
+            "etag",
+            "x-envoy-upstream-service-time",
+        ] {
+            let got = errors(&with(header)).join("\n");
+            assert!(got.starts_with(&format!("decision_header: {header:?} is a framing")), "{got}");
+        }
+        assert!(Config::from_json(with("x-blobsteer-decision").as_bytes()).is_ok());
+        let url = r#"{"backends": [{"name": "a", "blob_url": "http://h#{digest}", "cidrs": []}]}"#;
+        assert_eq!(
+            errors(url),
+            [
+                r#"backends[0].blob_url: "http://h#{digest}" placeholders may only appear in the path (not the host, query or fragment)"#
+            ]
+        );
     }
 
     #[test]

@@ -277,9 +277,11 @@ pub struct ResponseDecision {
 }
 
 impl ResponsePlan {
-    /// Judges the upstream's status.
+    /// Judges the upstream's status. A `206` is the upstream saying yes to a `Range` request
+    /// (containerd resumes a layer that way): it becomes the redirect too, and the client asks
+    /// the mirror for the same range; passed on, it would be a `206` without its bytes.
     pub fn decide(&self, status: u16) -> ResponseDecision {
-        let (action, step) = if self.verify && status == 200 {
+        let (action, step) = if self.verify && matches!(status, 200 | 206) {
             let redirect =
                 Redirect { status: self.redirect_status, location: self.location.clone() };
             (Action::Redirected, ResponseStep::Respond(redirect))
@@ -489,7 +491,7 @@ mod tests {
             r#"{{
             "backends": [
                 {{"name": "aws-eu-west-3", "blob_url": "https://eu.example/containers/images/{{digest}}", "cidrs": ["15.236.0.0/15", "2a05:d012::/36"]}},
-                {{"name": "aws-ap-northeast-1", "blob_url": "https://ap.example/{{repository}}/{{encoded}}?{{digest}}", "cidrs": ["15.193.1.0/24"]}}
+                {{"name": "aws-ap-northeast-1", "blob_url": "https://ap.example/{{repository}}/{{encoded}}/{{digest}}", "cidrs": ["15.193.1.0/24"]}}
             ],
             "non_routable": ["15.193.0.0/19"],
             "blobs": {{"mode": "{mode}"}}
@@ -590,14 +592,16 @@ mod tests {
         let d = decide_request(&c, &request("GET", BLOB, &["2a05:d012::1"]));
         let RequestStep::Forward(plan) = d.step else { panic!("{d:?}") };
         assert!(plan.verify && plan.send_as_head);
-        let ok = plan.decide(200);
-        assert_eq!(ok.action, Action::Redirected);
-        assert!(matches!(ok.step, ResponseStep::Respond(Redirect { status: 307, .. })));
-        assert!(!ok.zero_content_length);
+        for yes in [200, 206] {
+            let ok = plan.decide(yes);
+            assert_eq!(ok.action, Action::Redirected, "{yes}");
+            assert!(matches!(ok.step, ResponseStep::Respond(Redirect { status: 307, .. })));
+            assert!(!ok.zero_content_length);
+        }
         let moved = plan.decide(307);
         assert_eq!(moved.step, ResponseStep::RewriteLocation(plan.location.clone()));
         assert!(moved.zero_content_length);
-        for refused in [401, 403, 404, 500, 503] {
+        for refused in [401, 403, 404, 416, 500, 503] {
             let r = plan.decide(refused);
             assert_eq!(
                 (r.action, r.step, r.zero_content_length),

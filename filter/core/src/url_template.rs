@@ -36,8 +36,10 @@ pub enum TemplateError {
     UnbalancedBrace,
     /// `{digest}` is required: it is what makes the URL content-addressed.
     MissingDigest,
-    /// A `{...}` inside the scheme or host.
-    PlaceholderInHost,
+    /// A `{...}` outside the path: in the host, the query or the fragment (a placeholder in a
+    /// fragment never reaches the mirror; one in the host or query is not what the filter
+    /// validates a URL for).
+    PlaceholderOutsidePath,
 }
 
 impl fmt::Display for TemplateError {
@@ -51,7 +53,9 @@ impl fmt::Display for TemplateError {
             ),
             TemplateError::UnbalancedBrace => f.write_str("has an unbalanced '{' or '}'"),
             TemplateError::MissingDigest => f.write_str("must contain {digest}"),
-            TemplateError::PlaceholderInHost => f.write_str("placeholders may only appear in the path"),
+            TemplateError::PlaceholderOutsidePath => {
+                f.write_str("placeholders may only appear in the path (not the host, query or fragment)")
+            }
         }
     }
 }
@@ -70,8 +74,10 @@ impl UrlTemplate {
         if host.is_empty() || host.starts_with(':') || host.contains('@') {
             return Err(TemplateError::NotHttp);
         }
-        if host.contains(['{', '}']) {
-            return Err(TemplateError::PlaceholderInHost);
+        let after_path = after_scheme.get(host.len()..).unwrap_or_default();
+        let after_path = after_path.find(['?', '#']).map_or("", |at| &after_path[at..]);
+        if host.contains(['{', '}']) || after_path.contains(['{', '}']) {
+            return Err(TemplateError::PlaceholderOutsidePath);
         }
         let mut pieces = Vec::new();
         let mut rest = text;
@@ -146,12 +152,12 @@ mod tests {
     #[test]
     fn renders_every_placeholder() {
         let t =
-            UrlTemplate::parse("https://b.example/{repository}/{algorithm}/{encoded}?d={digest}")
+            UrlTemplate::parse("https://b.example/{repository}/{algorithm}/{encoded}/{digest}?x=1")
                 .unwrap();
         let digest = Digest::parse(D).unwrap();
         assert_eq!(
             t.render("library/alpine", digest),
-            format!("https://b.example/library/alpine/sha256/{}?d={D}", &D[7..])
+            format!("https://b.example/library/alpine/sha256/{}/{D}?x=1", &D[7..])
         );
     }
 
@@ -167,7 +173,10 @@ mod tests {
             ("https://x/digest}", TemplateError::UnbalancedBrace),
             ("https://x/{{digest}}", TemplateError::UnbalancedBrace),
             ("https://x/{region}/{digest}", TemplateError::UnknownPlaceholder("region".into())),
-            ("https://{digest}.x/", TemplateError::PlaceholderInHost),
+            ("https://{digest}.x/", TemplateError::PlaceholderOutsidePath),
+            ("http://h#{digest}", TemplateError::PlaceholderOutsidePath),
+            ("http://h/b?d={digest}", TemplateError::PlaceholderOutsidePath),
+            ("http://h/{digest}#{encoded}", TemplateError::PlaceholderOutsidePath),
             ("https://x/{digest}\r\nSet-Cookie: a", TemplateError::BadCharacter('\r')),
             ("https://x/ {digest}", TemplateError::BadCharacter(' ')),
             ("https://x/é/{digest}", TemplateError::BadCharacter('é')),

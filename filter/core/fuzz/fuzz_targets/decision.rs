@@ -34,7 +34,7 @@ const BACKENDS: &str = r#"
     "backends": [
         {"name": "aws-eu-west-3", "blob_url": "https://eu.mirror.example/containers/images/{digest}",
          "cidrs": ["15.236.0.0/15", "2a05:d012::/36", "0.0.0.0/1"], "cluster": "mirror_eu"},
-        {"name": "aws-ap-northeast-1", "blob_url": "http://ap.mirror.example:8080/{repository}/{algorithm}/{encoded}?d={digest}",
+        {"name": "aws-ap-northeast-1", "blob_url": "http://ap.mirror.example:8080/{repository}/{algorithm}/{encoded}/{digest}",
          "cidrs": ["15.193.1.0/24", "2000::/3"]},
         {"name": "gcp-europe-north1", "blob_url": "https://storage.example/bucket-europe-north1/{repository}/blobs/{digest}",
          "cidrs": ["128.0.0.0/2", "34.88.0.0/16", "2600:1900:4280::/44"], "cluster": "gcs_europe_north1"}
