@@ -355,6 +355,7 @@ impl Validator {
         for (field, value, range) in [
             ("existence_check.timeout_ms", check.timeout_ms, existence::TIMEOUT_MS),
             ("existence_check.negative_ttl_s", check.negative_ttl_s, existence::NEGATIVE_TTL_S),
+            ("existence_check.positive_ttl_s", check.positive_ttl_s, existence::POSITIVE_TTL_S),
             ("existence_check.cache_slots", check.cache_slots, existence::CACHE_SLOTS),
             ("manifests.max_bytes", raw.manifests.max_bytes, manifest::MAX_BYTES),
             ("manifests.mapping_slots", raw.manifests.mapping_slots, manifest::MAPPING_SLOTS),

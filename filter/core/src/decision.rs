@@ -394,7 +394,7 @@ pub fn decide_route(config: &Config, route: Route<'_>, request: &Request<'_>) ->
             None => RequestStep::Pass(Action::PassedNoBackend),
             Some(b) => {
                 let location = b.blob_url.render(repository, digest);
-                check = blob_check(config, b, digest, &location);
+                check = blob_check(config, b, &location);
                 match config.blobs.mode {
                     BlobMode::VerifyUpstream => RequestStep::Forward(ResponsePlan {
                         backend,
@@ -415,16 +415,12 @@ pub fn decide_route(config: &Config, route: Route<'_>, request: &Request<'_>) ->
 }
 
 /// The existence check that must say "present" before anyone is sent to `backend` for the blob
-/// at `location`: `None` when the backend has no `cluster` (it is assumed to hold every blob).
+/// at `location` (a rendered blob URL, so the check and its cache cover everything the
+/// template uses): `None` when the backend has no `cluster` (it is assumed to hold every blob).
 /// Blob redirects and the blobs a rewritten manifest advertises are checked alike.
-pub fn blob_check(
-    config: &Config,
-    backend: &Backend,
-    digest: Digest<'_>,
-    location: &str,
-) -> Option<CheckRequest> {
+pub fn blob_check(config: &Config, backend: &Backend, location: &str) -> Option<CheckRequest> {
     let cluster = backend.cluster.as_deref()?;
-    CheckRequest::new(&config.existence_check, cluster, &backend.name, digest.as_str(), location)
+    CheckRequest::new(&config.existence_check, cluster, &backend.name, location)
 }
 
 /// Manifest requests, with rewriting on.

@@ -3,11 +3,13 @@
 //!
 //! A mirror is filled by a sync job that lags behind the registry, and a client sent to a mirror
 //! that lacks the blob fails its pull. So, for a backend with a `cluster`, the filter first asks
-//! the mirror (`HEAD` through that cluster). Presence is cached with no expiry (a blob is
-//! content-addressed); absence, or any failure, for `negative_ttl_s` only.
+//! the mirror (`HEAD` through that cluster). Presence is cached for `positive_ttl_s` (a blob is
+//! content-addressed, but a mirror can lose one: lifecycle rules, a rebuilt bucket); absence, or
+//! any failure, for `negative_ttl_s`.
 //!
 //! The cache is direct-mapped: `cache_slots` keys `blobsteer.exists.<slot>`, the slot a hash of
-//! backend and digest. Envoy never frees a shared-data key, so a bounded cache must reuse its
+//! the backend and the blob's URL on it (everything the template uses: with `{repository}`, one
+//! blob is a different object in each repository). Envoy never frees a shared-data key, so a bounded cache must reuse its
 //! keys: a new entry replaces whatever held its slot (eviction by collision), and an entry for
 //! another blob found in a slot reads as unknown.
 
@@ -22,13 +24,20 @@ pub struct ExistenceSettings {
     pub timeout_ms: u32,
     /// How long an absent (or failed) answer is believed before the mirror is asked again.
     pub negative_ttl_s: u32,
+    /// How long a present answer is believed before the mirror is asked again.
+    pub positive_ttl_s: u32,
     /// Number of cache slots shared by all workers (about 200 bytes each).
     pub cache_slots: u32,
 }
 
 impl Default for ExistenceSettings {
     fn default() -> Self {
-        ExistenceSettings { timeout_ms: 2000, negative_ttl_s: 30, cache_slots: 65536 }
+        ExistenceSettings {
+            timeout_ms: 2000,
+            negative_ttl_s: 30,
+            positive_ttl_s: 86_400,
+            cache_slots: 65536,
+        }
     }
 }
 
@@ -36,6 +45,8 @@ impl Default for ExistenceSettings {
 pub const TIMEOUT_MS: std::ops::RangeInclusive<u32> = 1..=60_000;
 /// Limits of `negative_ttl_s`.
 pub const NEGATIVE_TTL_S: std::ops::RangeInclusive<u32> = 0..=86_400;
+/// Limits of `positive_ttl_s` (30 days at most).
+pub const POSITIVE_TTL_S: std::ops::RangeInclusive<u32> = 1..=2_592_000;
 /// Limits of `cache_slots`.
 pub const CACHE_SLOTS: std::ops::RangeInclusive<u32> = 1..=1_048_576;
 
@@ -59,9 +70,9 @@ pub struct CheckRequest {
     pub path: String,
     /// `:scheme`, `http` or `https`.
     pub scheme: &'static str,
-    /// The shared-data key of the cache slot for this backend and blob.
+    /// The shared-data key of the cache slot for this backend and blob URL.
     pub cache_key: String,
-    /// What a cache entry for this backend and blob starts with.
+    /// What identifies this backend and blob URL in a cache entry (and among checks in flight).
     pub entry_id: String,
 }
 
@@ -71,7 +82,6 @@ impl CheckRequest {
         settings: &ExistenceSettings,
         cluster: &str,
         backend: &str,
-        digest: &str,
         location: &str,
     ) -> Option<Self> {
         let (scheme, rest) = if let Some(rest) = location.strip_prefix("https://") {
@@ -89,9 +99,9 @@ impl CheckRequest {
             scheme,
             cache_key: format!(
                 "blobsteer.exists.{}",
-                slot_of(&[backend, digest], settings.cache_slots)
+                slot_of(&[backend, location], settings.cache_slots)
             ),
-            entry_id: format!("{backend} {digest}"),
+            entry_id: format!("{backend} {location}"),
         })
     }
 
@@ -103,25 +113,23 @@ impl CheckRequest {
         if id != self.entry_id {
             return None;
         }
-        match state {
-            "present" => Some(Known::Present),
-            _ => {
-                let until: u64 = state.strip_prefix("absent-until-")?.parse().ok()?;
-                (now_s < until).then_some(Known::Absent)
-            }
-        }
+        let (known, until) = if let Some(until) = state.strip_prefix("present-until-") {
+            (Known::Present, until)
+        } else {
+            (Known::Absent, state.strip_prefix("absent-until-")?)
+        };
+        let until: u64 = until.parse().ok()?;
+        (now_s < until).then_some(known)
     }
 
     /// The cache value recording an answer at `now_s`.
     pub fn entry(&self, known: Known, settings: &ExistenceSettings, now_s: u64) -> Vec<u8> {
-        match known {
-            Known::Present => format!("present {}", self.entry_id),
-            Known::Absent => {
-                let until = now_s.saturating_add(u64::from(settings.negative_ttl_s));
-                format!("absent-until-{until} {}", self.entry_id)
-            }
-        }
-        .into_bytes()
+        let (state, ttl) = match known {
+            Known::Present => ("present", settings.positive_ttl_s),
+            Known::Absent => ("absent", settings.negative_ttl_s),
+        };
+        let until = now_s.saturating_add(u64::from(ttl));
+        format!("{state}-until-{until} {}", self.entry_id).into_bytes()
     }
 }
 
@@ -195,8 +203,7 @@ mod tests {
     const DIGEST: &str = "sha256:d0852262d08fb507d7786cc9a96e1646d59476e1d849fefc8a0cc097b19a7e90";
 
     fn check(location: &str) -> CheckRequest {
-        CheckRequest::new(&ExistenceSettings::default(), "mirror_eu", "eu", DIGEST, location)
-            .unwrap()
+        CheckRequest::new(&ExistenceSettings::default(), "mirror_eu", "eu", location).unwrap()
     }
 
     #[test]
@@ -207,8 +214,7 @@ mod tests {
         assert_eq!(c.cluster, "mirror_eu");
         assert!(c.cache_key.starts_with("blobsteer.exists."));
         assert_eq!(check("http://eu.example").path, "/");
-        assert!(CheckRequest::new(&ExistenceSettings::default(), "c", "eu", DIGEST, "ftp://x/")
-            .is_none());
+        assert!(CheckRequest::new(&ExistenceSettings::default(), "c", "eu", "ftp://x/").is_none());
     }
 
     #[test]
@@ -217,26 +223,40 @@ mod tests {
         let b = check("http://eu.example/x");
         assert_eq!(a.cache_key, b.cache_key);
         let one = ExistenceSettings { cache_slots: 1, ..ExistenceSettings::default() };
-        let other = CheckRequest::new(&one, "c", "us", DIGEST, "http://us.example/x").unwrap();
+        let other = CheckRequest::new(&one, "c", "us", "http://us.example/x").unwrap();
         assert_eq!(other.cache_key, "blobsteer.exists.0");
     }
 
     #[test]
-    fn presence_is_forever_absence_expires() {
+    fn presence_and_absence_both_expire() {
         let s = ExistenceSettings::default();
         let c = check("http://eu.example/x");
         let present = c.entry(Known::Present, &s, 1_000);
-        assert_eq!(c.read(Some(&present), u64::MAX), Some(Known::Present));
+        assert_eq!(c.read(Some(&present), 1_000 + 86_399), Some(Known::Present));
+        // A blob deleted from the mirror is asked about again after a day, not never.
+        assert_eq!(c.read(Some(&present), 1_000 + 86_400), None);
         let absent = c.entry(Known::Absent, &s, 1_000);
         assert_eq!(c.read(Some(&absent), 1_029), Some(Known::Absent));
         assert_eq!(c.read(Some(&absent), 1_030), None);
+        // An entry of the first release (present, no expiry) is asked about again.
+        assert_eq!(c.read(Some(format!("present {}", c.entry_id).as_bytes()), 0), None);
+    }
+
+    #[test]
+    fn one_blob_in_two_repositories_is_two_entries() {
+        let s = ExistenceSettings::default();
+        let here = check(&format!("http://eu.example/demo/hello/{DIGEST}"));
+        let there = check(&format!("http://eu.example/other/app/{DIGEST}"));
+        assert_ne!(here.entry_id, there.entry_id);
+        let present_here = here.entry(Known::Present, &s, 0);
+        assert_eq!(there.read(Some(&present_here), 0), None, "not known in the other repository");
     }
 
     #[test]
     fn another_blob_or_garbage_in_the_slot_reads_as_unknown() {
         let s = ExistenceSettings::default();
         let c = check("http://eu.example/x");
-        let other = CheckRequest::new(&s, "c", "us", DIGEST, "http://us.example/x").unwrap();
+        let other = CheckRequest::new(&s, "c", "us", "http://us.example/x").unwrap();
         assert_eq!(c.read(Some(&other.entry(Known::Present, &s, 0)), 0), None);
         for junk in
             [&b""[..], b"present", b"absent-until-x eu sha256:1", b"\xff\xfe", b"maybe eu x"]

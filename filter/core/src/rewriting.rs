@@ -366,7 +366,7 @@ impl ManifestJob {
             let Some(backend) = checked else { return true };
             let Ok(digest) = Digest::parse(digest) else { return false };
             let location = backend.blob_url.render(&self.plan.repository, digest);
-            blob_check(config, backend, digest, &location)
+            blob_check(config, backend, &location)
                 .is_some_and(|check| known(&check) == Some(Known::Present))
         };
         let max = config.manifests.max_bytes as usize;

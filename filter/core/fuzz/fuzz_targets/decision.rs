@@ -177,7 +177,9 @@ fn check_existence(config: &Config, cluster: &str, location: &str, check: &Check
     let settings = &config.existence_check;
     let now = 1_785_300_000;
     let present = check.entry(Known::Present, settings, now);
-    assert_eq!(check.read(Some(&present), u64::MAX), Some(Known::Present));
+    let positive = u64::from(settings.positive_ttl_s);
+    assert_eq!(check.read(Some(&present), now + positive - 1), Some(Known::Present));
+    assert_eq!(check.read(Some(&present), now + positive), None);
     let absent = check.entry(Known::Absent, settings, now);
     let ttl = u64::from(settings.negative_ttl_s);
     let fresh = if ttl > 0 { Some(Known::Absent) } else { None };

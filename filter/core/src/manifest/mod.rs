@@ -71,11 +71,13 @@ pub enum Untouched {
     /// be advertised there; the client gets the original and fetches through redirects, which
     /// check and teach the cache.
     BlobsUnverified,
+    /// The rewrite would be larger than [`CLIENT_MAX_BYTES`], which clients refuse.
+    RewriteTooLarge,
 }
 
 impl Untouched {
     /// Every reason, for defining stats up front.
-    pub const ALL: [Untouched; 13] = [
+    pub const ALL: [Untouched; 14] = [
         Untouched::TooLarge,
         Untouched::Encoded,
         Untouched::InvalidJson,
@@ -89,6 +91,7 @@ impl Untouched {
         Untouched::NothingToRewrite,
         Untouched::ChildUnavailable,
         Untouched::BlobsUnverified,
+        Untouched::RewriteTooLarge,
     ];
 
     /// The stat name: `blobsteer.manifest.untouched.<name>`.
@@ -107,6 +110,7 @@ impl Untouched {
             Untouched::NothingToRewrite => "nothing_to_rewrite",
             Untouched::ChildUnavailable => "child_unavailable",
             Untouched::BlobsUnverified => "blobs_unverified",
+            Untouched::RewriteTooLarge => "rewrite_too_large",
         }
     }
 }
@@ -308,6 +312,10 @@ impl Manifest<'_> {
 /// Manifests larger than this are sent untouched unless configured otherwise.
 pub const DEFAULT_MAX_BYTES: usize = 4 << 20;
 
+/// The largest manifest clients accept (containerd, containers/image and Distribution all stop
+/// at 4 MiB): a rewrite never produces a larger one, whatever `max_bytes` allows to be read.
+pub const CLIENT_MAX_BYTES: usize = 4 << 20;
+
 /// The `manifests` section.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -440,8 +448,12 @@ impl Manifest<'_> {
             present(digest.as_str()).then(|| blob_url.render(repository, digest))
         };
         let manifest = self;
+        let within = |rewritten: Rewritten| match rewritten.bytes.len() > CLIENT_MAX_BYTES {
+            true => Err(Untouched::RewriteTooLarge),
+            false => Ok(rewritten),
+        };
         match manifest.kind {
-            Kind::Image => manifest.rewrite_image(url),
+            Kind::Image => manifest.rewrite_image(url).and_then(within),
             Kind::Index => {
                 let mut rewritten = Vec::new();
                 for digest in manifest.children()? {
@@ -452,6 +464,7 @@ impl Manifest<'_> {
                     let new =
                         read(&fetched.bytes, fetched.content_type.as_deref(), None, max_bytes)
                             .and_then(|m| m.rewrite_image(url))
+                            .and_then(within)
                             .map_err(|e| match e {
                                 Untouched::BlobsUnverified => e,
                                 _ => Untouched::ChildUnavailable,
@@ -466,7 +479,7 @@ impl Manifest<'_> {
                 })?;
                 index.children =
                     rewritten.into_iter().map(|(old, new)| (old, new.digest)).collect();
-                Ok(index)
+                within(index)
             }
         }
     }

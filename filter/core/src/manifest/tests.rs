@@ -195,3 +195,42 @@ fn numbers_beyond_f64_range_survive_a_rewrite() {
     let out = read(text.as_bytes(), None, None, MAX).unwrap().rewrite_image(url).unwrap();
     assert!(String::from_utf8(out.bytes).unwrap().contains("\"size\": 1e9991049000,\"urls\":["));
 }
+
+#[test]
+fn a_rewrite_never_grows_past_what_clients_accept() {
+    // A legal manifest just under 4 MiB: one layer, padded with an annotation.
+    let digest = "sha256:".to_string() + &"a".repeat(64);
+    let head = format!(
+        r#"{{"schemaVersion":2,"mediaType":"{OCI_MANIFEST}","config":{{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"{digest}","size":1}},"layers":[{{"mediaType":"application/vnd.oci.image.layer.v1.tar+gzip","digest":"{digest}","size":1}}],"annotations":{{"pad":""#
+    );
+    let pad = CLIENT_MAX_BYTES - 100 - head.len();
+    let bytes = format!("{head}{}\"}}}}", "x".repeat(pad)).into_bytes();
+    assert!(bytes.len() <= CLIENT_MAX_BYTES);
+    let template =
+        crate::url_template::UrlTemplate::parse("https://eu.example/b/{digest}").unwrap();
+    let rewrite = |max: usize| {
+        rewrite_for_backend(
+            &template,
+            "r",
+            &bytes,
+            Some(OCI_MANIFEST),
+            None,
+            max,
+            |_| None,
+            |_| true,
+        )
+    };
+    assert_eq!(rewrite(64 << 20), Err(Untouched::RewriteTooLarge));
+    // A smaller one is rewritten as before.
+    assert!(rewrite_for_backend(
+        &template,
+        "r",
+        OCI_IMAGE,
+        Some(OCI_MANIFEST),
+        None,
+        MAX,
+        |_| None,
+        |_| true
+    )
+    .is_ok());
+}
