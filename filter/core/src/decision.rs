@@ -119,6 +119,8 @@ pub enum Action {
     PassedMirrorMissing,
     /// A blob or manifest request that carries a body (no download sends one).
     PassedRequestBody,
+    /// A manifest asked for by a digest the filter did not produce (a pinned pull): untouched.
+    PassedPinnedManifest,
     /// A manifest was rewritten for the client's backend.
     ManifestRewritten,
     /// A manifest was left as the upstream sent it (the reason has its own counter).
@@ -129,7 +131,7 @@ pub enum Action {
 
 impl Action {
     /// Every action, for defining stats up front.
-    pub const ALL: [Action; 14] = [
+    pub const ALL: [Action; 15] = [
         Action::Redirected,
         Action::LocationRewritten,
         Action::PassedUpstreamAnswer,
@@ -141,6 +143,7 @@ impl Action {
         Action::PassedNonRoutable,
         Action::PassedMirrorMissing,
         Action::PassedRequestBody,
+        Action::PassedPinnedManifest,
         Action::ManifestRewritten,
         Action::ManifestUntouched,
         Action::ManifestServedByDigest,
@@ -169,6 +172,7 @@ impl Action {
             Action::PassedNonRoutable => "passed_non_routable",
             Action::PassedMirrorMissing => "passed_mirror_missing",
             Action::PassedRequestBody => "passed_request_body",
+            Action::PassedPinnedManifest => "passed_pinned_manifest",
             Action::ManifestRewritten => "manifest_rewritten",
             Action::ManifestUntouched => "manifest_untouched",
             Action::ManifestServedByDigest => "manifest_served_by_digest",
@@ -199,6 +203,19 @@ pub enum RequestStep {
     /// A manifest asked for by digest: if the filter produced that digest (its memory of it is
     /// in the host), serve the rewrite of the original again; otherwise pass it untouched.
     LookupRewritten(DigestLookup),
+}
+
+impl RequestStep {
+    /// Whether the request may go upstream changed (its method, or a produced digest's path):
+    /// the access log then needs the client's own request, which the filter records.
+    pub fn changes_request(&self) -> bool {
+        match self {
+            RequestStep::Forward(plan) => plan.send_as_head,
+            RequestStep::RewriteManifest(plan) => plan.send_as_get,
+            RequestStep::LookupRewritten(_) => true,
+            RequestStep::Respond(_) | RequestStep::Pass(_) => false,
+        }
+    }
 }
 
 /// How to rewrite the manifest the upstream answers.

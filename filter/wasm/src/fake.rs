@@ -252,6 +252,13 @@ impl Host for FakeHost {
         self.0.borrow().properties.get(&path.join(".")).cloned()
     }
 
+    fn set_property(&self, name: &str, value: &[u8]) -> Result<(), Refused> {
+        let mut state = self.0.borrow_mut();
+        let key = format!("{}:{name}", state.current);
+        state.properties.insert(key, value.to_vec());
+        Ok(())
+    }
+
     fn plugin_configuration(&self) -> Result<Option<Vec<u8>>, Refused> {
         Ok(self.0.borrow().properties.get("plugin_configuration").cloned())
     }

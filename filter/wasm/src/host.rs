@@ -85,6 +85,9 @@ pub trait Host {
     }
     /// A property such as `source.address`.
     fn property(&self, path: &[&str]) -> Option<Vec<u8>>;
+    /// Sets a property of the current stream; Envoy keeps it as the filter state object
+    /// `wasm.<name>`, which access logs can print (`%FILTER_STATE(wasm.<name>:PLAIN)%`).
+    fn set_property(&self, name: &str, value: &[u8]) -> Result<(), Refused>;
     /// The plugin's configuration.
     fn plugin_configuration(&self) -> Result<Option<Vec<u8>>, Refused>;
     /// Defines a counter; its id is what [`Host::increment`] takes.
@@ -173,6 +176,10 @@ impl Host for Envoy {
 
     fn property(&self, path: &[&str]) -> Option<Vec<u8>> {
         hostcalls::get_property(path.to_vec()).ok().flatten()
+    }
+
+    fn set_property(&self, name: &str, value: &[u8]) -> Result<(), Refused> {
+        hostcalls::set_property(vec![name], Some(value)).map_err(Refused)
     }
 
     fn plugin_configuration(&self) -> Result<Option<Vec<u8>>, Refused> {

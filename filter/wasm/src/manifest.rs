@@ -11,7 +11,7 @@ use blobsteer_core::manifest::Child;
 use blobsteer_core::rewriting::{
     self, BodyStep, HeadVerdict, Leave, ManifestJob, Reply, UpstreamHead,
 };
-use blobsteer_core::{ClientMatch, DigestLookup, ManifestPlan};
+use blobsteer_core::{Action, ClientMatch, DigestLookup, ManifestPlan};
 use proxy_wasm::types::Action as HostAction;
 use std::collections::HashMap;
 use std::time::Duration;
@@ -56,20 +56,18 @@ pub fn start<H: Host>(
 }
 
 /// A manifest asked for by digest: if the filter produced it, ask the upstream for the original
-/// and serve its rewrite again; otherwise leave the request alone.
+/// and serve its rewrite again; `None` if it did not (a pinned pull, left alone).
 pub fn lookup<H: Host>(
     vm: &Vm<H>,
     lookup: DigestLookup,
     header: impl Fn(&str) -> Option<String>,
-) -> (HostAction, Option<Phase>) {
+) -> Option<(HostAction, Option<Phase>)> {
     let remembered = vm.host.shared(&rewriting::lookup_key(&vm.config, &lookup));
-    let Some(reissue) = rewriting::reissue(&vm.config, lookup, remembered.as_deref()) else {
-        return (HostAction::Continue, None);
-    };
+    let reissue = rewriting::reissue(&vm.config, lookup, remembered.as_deref())?;
     if !vm.set_request_header(":path", &reissue.original_path) {
-        return (HostAction::Continue, None);
+        return Some((HostAction::Continue, None));
     }
-    start(vm, reissue.plan, None, header)
+    Some(start(vm, reissue.plan, None, header))
 }
 
 impl Phase {
@@ -202,6 +200,9 @@ fn let_go<H: Host>(
     buffered: Option<usize>,
 ) -> Option<Phase> {
     vm.metrics.count_untouched(&vm.host, leave.reason, Some(job.plan.backend));
+    if let Some(text) = vm.describe(Action::ManifestUntouched, job.client.as_ref()) {
+        vm.add_decision_header(&text);
+    }
     if !leave.drop_body {
         return None;
     }

@@ -9,7 +9,7 @@ use crate::host::{Delivered, Headers, Host};
 use crate::manifest;
 use crate::vm::Vm;
 use blobsteer_core::decision::{decide_route, route};
-use blobsteer_core::{ClientMatch, Decision, Request, RequestStep};
+use blobsteer_core::{Action, ClientMatch, Decision, Request, RequestStep};
 use proxy_wasm::types::Action as HostAction;
 use std::borrow::Cow;
 use std::rc::Rc;
@@ -73,6 +73,9 @@ impl<H: Host> Stream<H> {
             has_body: !end_of_stream,
         };
         let Decision { step, client, check } = decide_route(&vm.config, route, &request);
+        if step.changes_request() {
+            vm.record_client_request(request.method, request.path);
+        }
         match (step, client, check) {
             (RequestStep::RewriteManifest(plan), client, _) => {
                 let header = |name: &str| String::from_utf8(header(name)?.clone()).ok();
@@ -80,15 +83,12 @@ impl<H: Host> Stream<H> {
             }
             (RequestStep::LookupRewritten(lookup), _, _) => {
                 let header = |name: &str| String::from_utf8(header(name)?.clone()).ok();
-                self.manifest(manifest::lookup(&vm, lookup, header))
-            }
-            (RequestStep::Pass(action), client, _) => {
-                vm.count(action, client.as_ref().and_then(ClientMatch::backend));
-                if let Some(text) = vm.describe(action, client.as_ref()) {
-                    self.phase = Phase::Describe(text);
+                match manifest::lookup(&vm, lookup, header) {
+                    Some(step) => self.manifest(step),
+                    None => self.pass(Action::PassedPinnedManifest, None),
                 }
-                HostAction::Continue
             }
+            (RequestStep::Pass(action), client, _) => self.pass(action, client.as_ref()),
             (step, Some(client), Some(check)) => {
                 let (next, outcome) =
                     check::start(&vm, self.context_id, &mut self.callouts, step, client, check);
@@ -181,6 +181,15 @@ impl<H: Host> Stream<H> {
         if let Phase::Check(held) = std::mem::take(&mut self.phase) {
             held.ended(&self.vm, self.context_id);
         }
+    }
+
+    /// Leaves the request alone, counted, with the decision header to come.
+    fn pass(&mut self, action: Action, client: Option<&ClientMatch>) -> HostAction {
+        self.vm.count(action, client.and_then(ClientMatch::backend));
+        if let Some(text) = self.vm.describe(action, client) {
+            self.phase = Phase::Describe(text);
+        }
+        HostAction::Continue
     }
 
     fn manifest(&mut self, (next, phase): (HostAction, Option<manifest::Phase>)) -> HostAction {

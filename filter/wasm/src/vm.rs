@@ -10,6 +10,9 @@ use blobsteer_core::manifest::cache::RewriteCache;
 use blobsteer_core::{Action, ClientMatch, Config};
 use std::cell::RefCell;
 
+/// The filter state name (`wasm.` is Envoy's prefix) of the client's own request line.
+pub const CLIENT_REQUEST: &str = "blobsteer_client_request";
+
 /// The state shared by the streams of a VM.
 pub struct Vm<H> {
     /// The host every call goes to.
@@ -81,6 +84,16 @@ impl<H: Host> Vm<H> {
                 log::warn!("cannot send redirect: {refused:?}");
                 false
             }
+        }
+    }
+
+    /// Keeps the client's own method and path where the access log finds them
+    /// (`%FILTER_STATE(wasm.blobsteer_client_request:PLAIN)%`), for a request the filter sends
+    /// upstream changed (its method, or a produced digest's path).
+    pub fn record_client_request(&self, method: &str, path: &str) {
+        let value = format!("{method} {path}");
+        if let Err(refused) = self.host.set_property(CLIENT_REQUEST, value.as_bytes()) {
+            log::debug!("cannot record the client's request: {refused:?}");
         }
     }
 
