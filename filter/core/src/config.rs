@@ -365,6 +365,13 @@ impl Validator {
                 raw.manifests.child_timeout_ms,
                 manifest::CHILD_TIMEOUT_MS,
             ),
+            ("manifests.max_children", raw.manifests.max_children, manifest::MAX_CHILDREN),
+            ("manifests.max_child_bytes", raw.manifests.max_child_bytes, manifest::MAX_CHILD_BYTES),
+            (
+                "manifests.max_child_fetches",
+                raw.manifests.max_child_fetches,
+                manifest::MAX_CHILD_FETCHES,
+            ),
         ] {
             if !range.contains(&value) {
                 let message = format!("{value} is outside {}..={}", range.start(), range.end());

@@ -271,16 +271,33 @@ impl ManifestJob {
         let read = self.read(config, body);
         if let Ok(m) = &read {
             if m.kind == Kind::Index {
-                let children: Vec<String> = m
-                    .children()
-                    .map(|c| c.iter().map(ToString::to_string).collect())
-                    .unwrap_or_default();
+                // Each distinct child once, in document order.
+                let mut children: Vec<String> = Vec::new();
+                for child in m.children().unwrap_or_default() {
+                    if !children.iter().any(|c| c == child.as_str()) {
+                        children.push(child.to_string());
+                    }
+                    if children.len() > config.manifests.max_children as usize {
+                        return BodyStep::Reply(self.untouched(Untouched::TooManyChildren));
+                    }
+                }
                 if !children.is_empty() {
                     return BodyStep::FetchChildren(children);
                 }
             }
         }
         BodyStep::Reply(self.finish(config, read, body, &HashMap::new(), cache, known))
+    }
+
+    /// The reply when the children cannot be fetched at all (`reason`: the VM's fetches are
+    /// busy, the route has no cluster, a dispatch was refused).
+    pub fn give_up(&self, reason: Untouched) -> Reply {
+        self.untouched(reason)
+    }
+
+    /// Whether a child's body of `size` bytes may be read into the VM.
+    pub fn child_fits(config: &Config, size: usize) -> bool {
+        size <= config.manifests.max_child_bytes as usize
     }
 
     /// The fetch of one child of the index, by digest, with the client's credentials.

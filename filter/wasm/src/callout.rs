@@ -35,9 +35,9 @@ impl Callouts {
         self.pending.remove(&token)
     }
 
-    /// Forgets every callout of a kind: their answers, if they come, are ignored.
-    pub fn forget(&mut self, kind: impl Fn(&Purpose) -> bool) {
-        self.pending.retain(|_, purpose| !kind(purpose));
+    /// How many awaited callouts are of a kind.
+    pub fn count(&self, kind: impl Fn(&Purpose) -> bool) -> usize {
+        self.pending.values().filter(|p| kind(p)).count()
     }
 }
 
@@ -80,6 +80,14 @@ impl Answer {
         match self {
             Answer::Failed => None,
             Answer::Received { .. } => host.call_header(name),
+        }
+    }
+
+    /// The size of the answer's body (0 for a failed callout).
+    pub fn body_size(&self) -> usize {
+        match self {
+            Answer::Failed => 0,
+            Answer::Received { delivered, .. } => delivered.body,
         }
     }
 

@@ -70,6 +70,8 @@ pub struct State {
     pub properties: HashMap<String, Vec<u8>>,
     /// Every header read: (stream, map, name).
     pub reads: Vec<(u32, Headers, String)>,
+    /// How many callout bodies were read.
+    pub call_bodies_read: usize,
     pub now_s: u64,
 }
 
@@ -208,6 +210,7 @@ impl Host for FakeHost {
     }
 
     fn call_body(&self, size: usize) -> Option<Vec<u8>> {
+        self.0.borrow_mut().call_bodies_read += 1;
         let state = self.0.borrow();
         let answering = state.answering.as_ref().filter(|a| !a.headers.is_empty());
         let Some(answering) = answering else {

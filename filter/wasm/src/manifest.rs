@@ -7,7 +7,7 @@ use crate::callout::{Answer, Callouts, Purpose};
 use crate::check;
 use crate::host::{Headers, Host};
 use crate::vm::Vm;
-use blobsteer_core::manifest::Child;
+use blobsteer_core::manifest::{Child, Untouched};
 use blobsteer_core::rewriting::{
     self, BodyStep, HeadVerdict, Leave, ManifestJob, Reply, UpstreamHead,
 };
@@ -130,7 +130,8 @@ impl Phase {
             return Some(self);
         };
         fetch.outstanding = fetch.outstanding.saturating_sub(1);
-        if answer.status() == Some(200) {
+        let fits = ManifestJob::child_fits(&vm.config, answer.body_size());
+        if answer.status() == Some(200) && fits {
             let bytes = answer.body(&vm.host).unwrap_or_default();
             let content_type =
                 answer.header(&vm.host, "content-type").and_then(|v| String::from_utf8(v).ok());
@@ -151,8 +152,10 @@ impl Phase {
     }
 }
 
-/// Dispatches every child of an index to the route's cluster and holds the response; if one
-/// cannot be sent, the index goes out untouched and the answers of those sent are ignored.
+/// Dispatches every child of an index to the route's cluster and holds the response. The
+/// VM's budget of child fetches is taken for all of them first: an index it cannot take goes
+/// out untouched without any fetch. If a dispatch is refused, the index goes out untouched and
+/// the fetches already sent are left to answer into nothing (their budget returns as they do).
 fn fetch_children<H: Host>(
     vm: &Vm<H>,
     callouts: &mut Callouts,
@@ -161,21 +164,23 @@ fn fetch_children<H: Host>(
     body_size: usize,
     children: Vec<String>,
 ) -> (HostAction, Option<Phase>) {
-    let untouched = |job: &ManifestJob, callouts: &mut Callouts| {
-        callouts.forget(|p| matches!(p, Purpose::Child(_)));
-        let known = |c: &_| check::cached(vm, c);
-        let none = HashMap::new();
-        let reply = job.complete(&vm.config, &index, &none, &mut vm.rewrites.borrow_mut(), &known);
-        apply(vm, job, &reply, body_size);
+    let give_up = |reason| {
+        apply(vm, &job, &job.give_up(reason), body_size);
         (HostAction::Continue, None)
     };
     // The route's cluster, asked only now: an image manifest never needs it.
     let Some(cluster) = route_cluster(vm) else {
-        return untouched(&job, callouts);
+        return give_up(Untouched::ChildUnavailable);
     };
+    let wanted = u32::try_from(children.len()).unwrap_or(u32::MAX);
+    let in_flight = vm.child_fetches.get();
+    if in_flight.saturating_add(wanted) > vm.config.manifests.max_child_fetches {
+        return give_up(Untouched::FetchesBusy);
+    }
+    vm.child_fetches.set(in_flight + wanted);
     let timeout = Duration::from_millis(u64::from(vm.config.manifests.child_timeout_ms));
     let outstanding = children.len();
-    for child in children {
+    for (sent, child) in children.into_iter().enumerate() {
         let request = job.child_request(&child);
         let headers: Vec<(&str, &str)> =
             request.headers.iter().map(|(n, v)| (*n, v.as_str())).collect();
@@ -183,12 +188,20 @@ fn fetch_children<H: Host>(
             Ok(token) => callouts.record(token, Purpose::Child(child)),
             Err(refused) => {
                 log::warn!("cannot fetch index child {child} from {cluster}: {refused:?}");
-                return untouched(&job, callouts);
+                release_fetches(vm, outstanding - sent);
+                return give_up(Untouched::ChildUnavailable);
             }
         }
     }
     let fetch = ChildFetch { job, index, body_size, outstanding, fetched: HashMap::new() };
     (HostAction::Pause, Some(Phase::Children(Box::new(fetch))))
+}
+
+/// Returns `count` child fetches to the VM's budget: they answered, failed, or their stream
+/// ended (Envoy cancels a stream's callouts with it).
+pub fn release_fetches<H: Host>(vm: &Vm<H>, count: usize) {
+    let count = u32::try_from(count).unwrap_or(u32::MAX);
+    vm.child_fetches.set(vm.child_fetches.get().saturating_sub(count));
 }
 
 /// An answer the core leaves alone: counted with its reason; the body dropped for a `HEAD`

@@ -166,9 +166,15 @@ impl<H: Host> Stream<H> {
                 held.answered(&vm, self.context_id, answer);
                 self.phase = Phase::Check(held);
             }
-            (Purpose::Child(digest), Phase::Manifest(phase)) => {
-                if let Some(next) = phase.on_child(&vm, digest, answer) {
-                    self.phase = Phase::Manifest(next);
+            (Purpose::Child(digest), phase) => {
+                manifest::release_fetches(&vm, 1);
+                match phase {
+                    Phase::Manifest(phase) => {
+                        if let Some(next) = phase.on_child(&vm, digest, answer) {
+                            self.phase = Phase::Manifest(next);
+                        }
+                    }
+                    other => self.phase = other,
                 }
             }
             (_, phase) => self.phase = phase,
@@ -178,6 +184,8 @@ impl<H: Host> Stream<H> {
     /// The stream is done: whatever it held for others is released.
     pub fn on_done(&mut self) {
         check::forget(&self.vm, self.context_id);
+        let children = self.callouts.count(|p| matches!(p, Purpose::Child(_)));
+        manifest::release_fetches(&self.vm, children);
         if let Phase::Check(held) = std::mem::take(&mut self.phase) {
             held.ended(&self.vm, self.context_id);
         }

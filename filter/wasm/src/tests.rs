@@ -407,3 +407,82 @@ fn a_blob_request_with_a_body_is_never_held_or_answered() {
     assert_eq!(vm.blob(2, "GET", EU), HostAction::Pause);
     assert_eq!(vm.streams.get_mut(&2).unwrap().on_request_body(), HostAction::Pause);
 }
+
+/// A VM rewriting manifests with these `manifests` settings added.
+fn rewriting_with(settings: &str) -> Vm {
+    Vm::new("", &format!(r#", "manifests": {{"rewrite": true, {settings}}}"#))
+}
+
+/// Tag request `id` whose upstream answers `index`; returns what the body callback did.
+fn tag_answered(vm: &mut Vm, id: u32, index: &[u8]) -> HostAction {
+    vm.tag(id, "GET");
+    let head = [(":status", "200"), ("content-type", OCI_INDEX)];
+    assert_eq!(vm.response_headers(id, &head), HostAction::Pause);
+    vm.response_body(id, index)
+}
+
+#[test]
+fn an_index_with_too_many_children_is_sent_without_fetching_any() {
+    let mut vm = rewriting_with(r#""max_children": 1"#);
+    assert_eq!(tag_answered(&mut vm, 1, INDEX), HostAction::Continue);
+    assert!(vm.calls().is_empty());
+    assert_eq!(vm.host.stream(1).body, INDEX);
+    assert_eq!(vm.host.counter("manifest.untouched.too_many_children"), 1);
+}
+
+#[test]
+fn a_child_listed_many_times_is_fetched_once() {
+    let mut vm = Vm::rewriting();
+    let entry = format!(
+        r#"{{"mediaType":"application/vnd.oci.image.manifest.v1+json","digest":"{}","size":{}}}"#,
+        CHILDREN[0].0,
+        CHILDREN[0].1.len()
+    );
+    let index = format!(
+        r#"{{"schemaVersion":2,"mediaType":"{OCI_INDEX}","manifests":[{}]}}"#,
+        vec![entry; 50].join(",")
+    );
+    assert_eq!(tag_answered(&mut vm, 1, index.as_bytes()), HostAction::Pause);
+    let calls = vm.calls();
+    assert_eq!(calls.len(), 1);
+    vm.answer(calls[0].token, &[(":status", "200")], CHILDREN[0].1);
+    assert_eq!(vm.host.counter("manifest_rewritten"), 1);
+    assert_eq!(vm.host.state().streams[&1].resumed_responses, 1);
+}
+
+#[test]
+fn the_vms_child_fetches_are_bounded_and_returned() {
+    let mut vm = rewriting_with(r#""max_child_fetches": 3"#);
+    assert_eq!(tag_answered(&mut vm, 1, INDEX), HostAction::Pause);
+    assert_eq!(vm.calls().len(), 2);
+    // Two more would make four: the second index goes out as it came, nothing fetched.
+    assert_eq!(tag_answered(&mut vm, 2, INDEX), HostAction::Continue);
+    assert_eq!(vm.calls().len(), 2);
+    assert_eq!(vm.host.counter("manifest.untouched.fetches_busy"), 1);
+    for call in vm.calls() {
+        vm.answer(
+            call.token,
+            &[(":status", "200")],
+            CHILDREN.iter().find(|(d, _)| call.header(":path").unwrap().ends_with(d)).unwrap().1,
+        );
+    }
+    // Answered: the budget is back.
+    assert_eq!(tag_answered(&mut vm, 3, INDEX), HostAction::Pause);
+    assert_eq!(vm.calls().len(), 4);
+    // A stream that ends with its children out gives their fetches back (Envoy cancels them).
+    vm.done(3);
+    assert_eq!(tag_answered(&mut vm, 4, INDEX), HostAction::Pause);
+    assert_eq!(vm.calls().len(), 6);
+}
+
+#[test]
+fn a_child_larger_than_max_child_bytes_is_not_read() {
+    let mut vm = rewriting_with(r#""max_child_bytes": 1024"#);
+    assert_eq!(tag_answered(&mut vm, 1, INDEX), HostAction::Pause);
+    let calls = vm.calls();
+    vm.answer(calls[0].token, &[(":status", "200")], CHILDREN[0].1);
+    vm.answer(calls[1].token, &[(":status", "200")], &[b' '; 2048]);
+    assert_eq!(vm.host.state().call_bodies_read, 1, "the large child's body stays in Envoy");
+    assert_eq!(vm.host.stream(1).body, INDEX);
+    assert_eq!(vm.host.counter("manifest.untouched.child_unavailable"), 1);
+}

@@ -8,7 +8,7 @@ use crate::metrics::Metrics;
 use blobsteer_core::decision::describe;
 use blobsteer_core::manifest::cache::RewriteCache;
 use blobsteer_core::{Action, ClientMatch, Config};
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 
 /// The filter state name (`wasm.` is Envoy's prefix) of the client's own request line.
 pub const CLIENT_REQUEST: &str = "blobsteer_client_request";
@@ -26,6 +26,9 @@ pub struct Vm<H> {
     /// Manifest rewrites this VM made, for the next client of the same backend (owned by
     /// `manifest`).
     pub rewrites: RefCell<RewriteCache>,
+    /// Index children being fetched by this VM's streams, bounded by
+    /// `manifests.max_child_fetches` (owned by `manifest`).
+    pub child_fetches: Cell<u32>,
 }
 
 impl<H: Host> Vm<H> {
@@ -33,7 +36,14 @@ impl<H: Host> Vm<H> {
     pub fn new(host: H, config: Config) -> Self {
         let metrics = Metrics::define(&host, &config);
         let rewrites = RefCell::new(RewriteCache::new(config.manifests.cache_slots));
-        Vm { host, config, metrics, checks: RefCell::default(), rewrites }
+        Vm {
+            host,
+            config,
+            metrics,
+            checks: RefCell::default(),
+            rewrites,
+            child_fetches: Cell::new(0),
+        }
     }
 
     /// Counts an action (and its backend's counter).

@@ -73,11 +73,15 @@ pub enum Untouched {
     BlobsUnverified,
     /// The rewrite would be larger than [`CLIENT_MAX_BYTES`], which clients refuse.
     RewriteTooLarge,
+    /// An index with more distinct children than `manifests.max_children`.
+    TooManyChildren,
+    /// This VM already has `manifests.max_child_fetches` child fetches in flight.
+    FetchesBusy,
 }
 
 impl Untouched {
     /// Every reason, for defining stats up front.
-    pub const ALL: [Untouched; 14] = [
+    pub const ALL: [Untouched; 16] = [
         Untouched::TooLarge,
         Untouched::Encoded,
         Untouched::InvalidJson,
@@ -92,6 +96,8 @@ impl Untouched {
         Untouched::ChildUnavailable,
         Untouched::BlobsUnverified,
         Untouched::RewriteTooLarge,
+        Untouched::TooManyChildren,
+        Untouched::FetchesBusy,
     ];
 
     /// The stat name: `blobsteer.manifest.untouched.<name>`.
@@ -111,6 +117,8 @@ impl Untouched {
             Untouched::ChildUnavailable => "child_unavailable",
             Untouched::BlobsUnverified => "blobs_unverified",
             Untouched::RewriteTooLarge => "rewrite_too_large",
+            Untouched::TooManyChildren => "too_many_children",
+            Untouched::FetchesBusy => "fetches_busy",
         }
     }
 }
@@ -330,6 +338,14 @@ pub struct ManifestSettings {
     pub cache_slots: u32,
     /// How long fetching an index's children may take before the index is sent untouched.
     pub child_timeout_ms: u32,
+    /// Distinct children an index may have to be rewritten (real multi-arch indexes, with their
+    /// attestations, have a few dozen).
+    pub max_children: u32,
+    /// The largest child manifest read into the VM; a larger one leaves its index untouched.
+    pub max_child_bytes: u32,
+    /// Child fetches one VM may have in flight at once, over all its streams: with
+    /// `max_child_bytes`, what bounds the children a VM holds.
+    pub max_child_fetches: u32,
 }
 
 impl Default for ManifestSettings {
@@ -340,6 +356,9 @@ impl Default for ManifestSettings {
             mapping_slots: 16_384,
             cache_slots: 64,
             child_timeout_ms: 10_000,
+            max_children: 64,
+            max_child_bytes: 256 << 10,
+            max_child_fetches: 64,
         }
     }
 }
@@ -348,6 +367,12 @@ impl Default for ManifestSettings {
 pub const MAX_BYTES: std::ops::RangeInclusive<u32> = 1024..=(64 << 20);
 /// Limits of `cache_slots`: up to 64 MiB per VM at the most.
 pub const CACHE_SLOTS: std::ops::RangeInclusive<u32> = 0..=1024;
+/// Limits of `max_children`.
+pub const MAX_CHILDREN: std::ops::RangeInclusive<u32> = 1..=1024;
+/// Limits of `max_child_bytes`.
+pub const MAX_CHILD_BYTES: std::ops::RangeInclusive<u32> = 1024..=(4 << 20);
+/// Limits of `max_child_fetches`.
+pub const MAX_CHILD_FETCHES: std::ops::RangeInclusive<u32> = 1..=4096;
 /// Limits of `child_timeout_ms`.
 pub const CHILD_TIMEOUT_MS: std::ops::RangeInclusive<u32> = 1..=60_000;
 /// Limits of `mapping_slots`.
