@@ -6,7 +6,6 @@
 use crate::cidr_table::Entry;
 use crate::client_ip::ClientIpSource;
 use crate::config::{Backend, BlobMode, Config, Target, REDIRECT_STATUSES};
-use crate::digest::Digest;
 use crate::existence::CheckRequest;
 use crate::registry_path::{Reference, RegistryPath};
 use ipnet::IpNet;
@@ -319,20 +318,8 @@ impl ResponsePlan {
 pub enum Route<'a> {
     /// Not a request the filter acts on, whatever its other headers say.
     Pass(Action),
-    /// `/v2/<name>/blobs/<digest>`.
-    Blob {
-        /// The repository.
-        repository: &'a str,
-        /// The blob.
-        digest: Digest<'a>,
-    },
-    /// `/v2/<name>/manifests/<reference>`, with manifest rewriting on.
-    Manifest {
-        /// The repository.
-        repository: &'a str,
-        /// A tag or a digest.
-        reference: Reference<'a>,
-    },
+    /// A blob, or a manifest with rewriting on.
+    Registry(RegistryPath<'a>),
 }
 
 impl Route<'_> {
@@ -365,9 +352,9 @@ pub fn classify_client(
 /// What `:path` leads to (the first half of [`decide_request`]).
 pub fn route<'a>(config: &Config, path: &'a str) -> Route<'a> {
     match RegistryPath::parse(path) {
-        RegistryPath::Blob { repository, digest } => Route::Blob { repository, digest },
-        RegistryPath::Manifest { repository, reference } if config.manifests.rewrite => {
-            Route::Manifest { repository, reference }
+        blob @ RegistryPath::Blob { .. } => Route::Registry(blob),
+        manifest @ RegistryPath::Manifest { .. } if config.manifests.rewrite => {
+            Route::Registry(manifest)
         }
         _ => Route::Pass(Action::PassedNotBlob),
     }
@@ -392,10 +379,11 @@ pub fn decide_route(config: &Config, route: Route<'_>, request: &Request<'_>) ->
         return pass(Action::PassedRequestBody);
     }
     let (repository, digest) = match route {
-        Route::Blob { repository, digest } => (repository, digest),
-        Route::Manifest { repository, reference } => {
+        Route::Registry(RegistryPath::Blob { repository, digest }) => (repository, digest),
+        Route::Registry(RegistryPath::Manifest { repository, reference }) => {
             return decide_manifest(config, request, repository, reference, is_head);
         }
+        Route::Registry(RegistryPath::Other) => return pass(Action::PassedNotBlob),
         Route::Pass(action) => return pass(action),
     };
     if config.blobs.mode == BlobMode::Off {
