@@ -101,9 +101,10 @@ pub struct Reissue {
     pub plan: ManifestPlan,
 }
 
-/// The shared-data key where a digest the filter produced would be remembered.
-pub fn lookup_key(config: &Config, lookup: &DigestLookup) -> String {
-    Mapping::key(&lookup.digest, config.manifests.mapping_slots)
+/// The shared-data keys where a digest the filter produced would be remembered (`secret`:
+/// the value at [`manifest::SECRET_KEY`]).
+pub fn lookup_keys(config: &Config, lookup: &DigestLookup, secret: &[u8]) -> [String; 2] {
+    Mapping::places(&lookup.digest, config.manifests.mapping_slots, secret)
 }
 
 /// A request by digest, given what its key holds: the request for the original if the filter
@@ -112,9 +113,9 @@ pub fn lookup_key(config: &Config, lookup: &DigestLookup) -> String {
 pub fn reissue(
     config: &Config,
     lookup: DigestLookup,
-    remembered: Option<&[u8]>,
+    remembered: [Option<&[u8]>; 2],
 ) -> Option<Reissue> {
-    let mapping = Mapping::decode(remembered, &lookup.digest)?;
+    let mapping = remembered.iter().find_map(|value| Mapping::decode(*value, &lookup.digest))?;
     let backend = config.backends().iter().position(|b| b.name == mapping.backend)?;
     if mapping.repository != lookup.repository {
         return None;
@@ -156,8 +157,8 @@ pub enum Reply {
     Rewritten {
         /// The bytes and their digest.
         rewritten: Rc<Rewritten>,
-        /// Shared-data writes (key, value) that make each produced digest resolvable.
-        remember: Vec<(String, Vec<u8>)>,
+        /// What makes each produced digest resolvable, to be written to its place.
+        remember: Vec<Mapping>,
         /// [`Action::ManifestRewritten`] or, for a produced digest, `ManifestServedByDigest`.
         action: Action,
     },
@@ -427,15 +428,11 @@ impl ManifestJob {
             Some(digest) => digest.to_string(),
             None => sha256_digest(original),
         };
-        let slots = config.manifests.mapping_slots;
-        let remember = |digest: &str, original: &str| {
-            let mapping = Mapping {
-                digest: digest.to_string(),
-                backend: backend.name.clone(),
-                repository: plan.repository.clone(),
-                original: original.to_string(),
-            };
-            (Mapping::key(digest, slots), mapping.encode())
+        let remember = |digest: &str, original: &str| Mapping {
+            digest: digest.to_string(),
+            backend: backend.name.clone(),
+            repository: plan.repository.clone(),
+            original: original.to_string(),
         };
         let remember = std::iter::once(remember(&rewritten.digest, &original))
             .chain(rewritten.children.iter().map(|(old, new)| remember(new, old)))

@@ -72,6 +72,8 @@ pub struct State {
     pub reads: Vec<(u32, Headers, String)>,
     /// How many callout bodies were read.
     pub call_bodies_read: usize,
+    /// How many random numbers were drawn.
+    pub randoms: u64,
     pub now_s: u64,
 }
 
@@ -264,6 +266,12 @@ impl Host for FakeHost {
 
     fn plugin_configuration(&self) -> Result<Option<Vec<u8>>, Refused> {
         Ok(self.0.borrow().properties.get("plugin_configuration").cloned())
+    }
+
+    fn random(&self) -> u64 {
+        let mut state = self.0.borrow_mut();
+        state.randoms += 1;
+        0x5eed_0000 + state.randoms
     }
 
     fn define_counter(&self, name: &str) -> Result<u32, Refused> {

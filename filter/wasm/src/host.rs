@@ -10,6 +10,8 @@
 
 use proxy_wasm::hostcalls;
 use proxy_wasm::types::{BufferType, LogLevel, MapType, MetricType, Status};
+use std::collections::hash_map::RandomState;
+use std::hash::BuildHasher;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// A host call that did not succeed, with the host's status (for the log).
@@ -90,6 +92,8 @@ pub trait Host {
     fn set_property(&self, name: &str, value: &[u8]) -> Result<(), Refused>;
     /// The plugin's configuration.
     fn plugin_configuration(&self) -> Result<Option<Vec<u8>>, Refused>;
+    /// 64 bits the requesters cannot predict (for the secret that places produced digests).
+    fn random(&self) -> u64;
     /// Defines a counter; its id is what [`Host::increment`] takes.
     fn define_counter(&self, name: &str) -> Result<u32, Refused>;
     /// Adds one to a counter.
@@ -184,6 +188,12 @@ impl Host for Envoy {
 
     fn plugin_configuration(&self) -> Result<Option<Vec<u8>>, Refused> {
         hostcalls::get_buffer(BufferType::PluginConfiguration, 0, usize::MAX).map_err(Refused)
+    }
+
+    fn random(&self) -> u64 {
+        // std seeds its hash keys from WASI's random_get, which Envoy serves from its own
+        // random source; each RandomState after the first differs.
+        RandomState::new().hash_one(0u8)
     }
 
     fn define_counter(&self, name: &str) -> Result<u32, Refused> {

@@ -7,7 +7,7 @@ use crate::callout::{Answer, Callouts, Purpose};
 use crate::check;
 use crate::host::{Headers, Host};
 use crate::vm::Vm;
-use blobsteer_core::manifest::{Child, Untouched};
+use blobsteer_core::manifest::{Child, Mapping, Untouched, SECRET_KEY};
 use blobsteer_core::rewriting::{
     self, BodyStep, HeadVerdict, Leave, ManifestJob, Reply, UpstreamHead,
 };
@@ -62,8 +62,10 @@ pub fn lookup<H: Host>(
     lookup: DigestLookup,
     header: impl Fn(&str) -> Option<String>,
 ) -> Option<(HostAction, Option<Phase>)> {
-    let remembered = vm.host.shared(&rewriting::lookup_key(&vm.config, &lookup));
-    let reissue = rewriting::reissue(&vm.config, lookup, remembered.as_deref())?;
+    let keys = rewriting::lookup_keys(&vm.config, &lookup, &secret(vm));
+    let remembered = keys.map(|key| vm.host.shared(&key));
+    let remembered = [remembered[0].as_deref(), remembered[1].as_deref()];
+    let reissue = rewriting::reissue(&vm.config, lookup, remembered)?;
     if !vm.set_request_header(":path", &reissue.original_path) {
         return Some((HostAction::Continue, None));
     }
@@ -234,8 +236,14 @@ fn apply<H: Host>(vm: &Vm<H>, job: &ManifestJob, reply: &Reply, body_size: usize
         (action, None) => vm.count(action, backend),
     }
     if let Reply::Rewritten { remember, .. } = reply {
-        for (key, value) in remember {
-            if let Err(refused) = vm.host.set_shared(key, value) {
+        let (secret, now) = (secret(vm), vm.host.now_s());
+        for mapping in remember {
+            let places =
+                Mapping::places(&mapping.digest, vm.config.manifests.mapping_slots, &secret);
+            let held = places.clone().map(|key| vm.host.shared(&key));
+            let at = Mapping::choose(&mapping.digest, [held[0].as_deref(), held[1].as_deref()]);
+            let key = places.get(at).map_or("", String::as_str);
+            if let Err(refused) = vm.host.set_shared(key, &mapping.encode(now)) {
                 log::warn!("cannot remember a rewritten digest ({key}): {refused:?}");
             }
         }
@@ -257,6 +265,19 @@ fn apply<H: Host>(vm: &Vm<H>, job: &ManifestJob, reply: &Reply, body_size: usize
     if let Some(text) = description {
         vm.add_decision_header(&text);
     }
+}
+
+/// The Envoy's secret that places produced digests (shared by its workers): made at first use,
+/// then read back, so the workers that race to make it end up with the one written last.
+fn secret<H: Host>(vm: &Vm<H>) -> Vec<u8> {
+    if let Some(secret) = vm.host.shared(SECRET_KEY).filter(|s| !s.is_empty()) {
+        return secret;
+    }
+    let made = format!("{:016x}{:016x}", vm.host.random(), vm.host.random()).into_bytes();
+    if let Err(refused) = vm.host.set_shared(SECRET_KEY, &made) {
+        log::warn!("cannot keep the secret that places produced digests: {refused:?}");
+    }
+    vm.host.shared(SECRET_KEY).filter(|s| !s.is_empty()).unwrap_or(made)
 }
 
 /// The upstream cluster of the route (`xds.cluster_name`).

@@ -381,6 +381,10 @@ fn an_index_is_rewritten_and_its_digest_served_again() {
         "framing agrees with the body sent"
     );
     assert_eq!(vm.host.counter("manifest_served_by_digest"), 1);
+    // One secret for the Envoy, made once (two draws), then read by every use.
+    let secret = vm.host.state().shared.get(blobsteer_core::manifest::SECRET_KEY).cloned();
+    assert_eq!(secret.map(|s| s.len()), Some(32));
+    assert_eq!(vm.host.state().randoms, 2);
 }
 
 #[test]

@@ -95,10 +95,9 @@ fn an_image_is_rewritten_with_framing_that_matches_and_its_digest_remembered() {
     let Reply::Rewritten { rewritten, remember, action } = &reply else { panic!("{reply:?}") };
     assert_eq!(*action, Action::ManifestRewritten);
     assert_eq!(rewritten.digest, sha256_digest(&rewritten.bytes));
-    let (key, value) = &remember[0];
-    assert_eq!(*key, Mapping::key(&rewritten.digest, c.manifests.mapping_slots));
-    let mapping = Mapping::decode(Some(value), &rewritten.digest).unwrap();
-    assert_eq!((mapping.original, mapping.backend), (sha256_digest(IMAGE), "eu".to_string()));
+    let mapping = &remember[0];
+    assert_eq!(mapping.digest, rewritten.digest);
+    assert_eq!((&mapping.original, mapping.backend.as_str()), (&sha256_digest(IMAGE), "eu"));
     let edit = j.edit(&reply);
     assert_eq!(edit.body, Some(rewritten.bytes.as_slice()));
     assert!(edit.set.contains(&("content-length", rewritten.bytes.len().to_string())));
@@ -195,14 +194,16 @@ fn a_produced_digest_is_reissued_for_its_original_and_only_served_if_it_matches(
         digest: rewritten.digest.clone(),
         is_head: true,
     };
-    assert_eq!(lookup_key(&c, &lookup("demo/hello")), remember[0].0);
-    let value = Some(remember[0].1.as_slice());
-    let again = reissue(&c, lookup("demo/hello"), value).unwrap();
+    let keys = lookup_keys(&c, &lookup("demo/hello"), b"secret");
+    assert_eq!(keys, Mapping::places(&rewritten.digest, c.manifests.mapping_slots, b"secret"));
+    let value = remember[0].encode(1_000);
+    let slots = [Some(&b"another"[..]), Some(value.as_slice())];
+    let again = reissue(&c, lookup("demo/hello"), slots).unwrap();
     assert_eq!(again.original_path, format!("/v2/demo/hello/manifests/{}", sha256_digest(IMAGE)));
     assert_eq!(again.plan, plan(true, Some(&rewritten.digest)));
-    assert_eq!(reissue(&c, lookup("other/repo"), value), None);
-    assert_eq!(reissue(&c, lookup("demo/hello"), None), None);
-    assert_eq!(reissue(&c, lookup("demo/hello"), Some(b"garbage")), None);
+    assert_eq!(reissue(&c, lookup("other/repo"), slots), None);
+    assert_eq!(reissue(&c, lookup("demo/hello"), [None, None]), None);
+    assert_eq!(reissue(&c, lookup("demo/hello"), [Some(b"garbage"), None]), None);
 
     let served = held(again.plan.clone(), manifest::OCI_MANIFEST);
     let BodyStep::Reply(reply) = served.on_body(&c, IMAGE, &mut RewriteCache::new(0), &unknown)
