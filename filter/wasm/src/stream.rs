@@ -76,14 +76,14 @@ impl<H: Host> Stream<H> {
         if step.changes_request() {
             vm.record_client_request(request.method, request.path);
         }
+        // What a manifest job keeps of the request (the headers it forwards to children).
+        let owned = |name: &str| text(name).map(str::to_string);
         match (step, client, check) {
             (RequestStep::RewriteManifest(plan), client, _) => {
-                let header = |name: &str| String::from_utf8(header(name)?.clone()).ok();
-                self.manifest(manifest::start(&vm, plan, client, header))
+                self.manifest(manifest::start(&vm, plan, client, owned))
             }
             (RequestStep::LookupRewritten(lookup), _, _) => {
-                let header = |name: &str| String::from_utf8(header(name)?.clone()).ok();
-                match manifest::lookup(&vm, lookup, header) {
+                match manifest::lookup(&vm, lookup, owned) {
                     Some(step) => self.manifest(step),
                     None => self.pass(Action::PassedPinnedManifest, None),
                 }
