@@ -230,13 +230,21 @@ pub fn import(
 
 fn outcome(claim: &Claim, options: &ImportOptions) -> Outcome {
     let key = claim.key();
-    let excluded = options.exclude.contains(&key)
-        || options.only.as_ref().is_some_and(|only| !only.contains(&key));
-    if claim.cloud.non_routable_label() == Some(claim.region.as_str()) || excluded {
+    if is_non_routable(&key) || is_excluded(&key, options) {
         return Outcome::NonRoutable;
     }
     let region = options.aliases.get(&key).cloned().unwrap_or(key.region);
     Outcome::Backend(claim.cloud, region)
+}
+
+/// The provider's own label for ranges of no region (AWS `GLOBAL`, GCP `global`).
+fn is_non_routable(key: &RegionKey) -> bool {
+    key.cloud.non_routable_label() == Some(key.region.as_str())
+}
+
+/// Kept out of the backends by `--exclude` or `--only`.
+fn is_excluded(key: &RegionKey, options: &ImportOptions) -> bool {
+    options.exclude.contains(key) || options.only.as_ref().is_some_and(|only| !only.contains(key))
 }
 
 /// Options that name a region no file has are typos: refuse them.
@@ -257,6 +265,26 @@ fn check_options(claims: &[Claim], options: &ImportOptions) -> Vec<String> {
             || !target.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
         {
             errors.push(format!("--alias {key}={target}: the target must be a region name"));
+            continue;
+        }
+        // The target's clients keep their own backend, so the aliased ones share a bucket that
+        // exists: a target with no backend of its own would be a bucket nobody made.
+        let to = RegionKey::new(key.cloud, target);
+        let why = if !known.contains(&to) {
+            Some(format!("no such region {to} in the files given"))
+        } else if is_non_routable(&to) {
+            Some(format!("{to} is non-routable, it has no backend"))
+        } else if is_excluded(&to, options) {
+            Some(format!("{to} is kept out by --exclude or --only, it has no backend"))
+        } else {
+            options
+                .aliases
+                .get(&to)
+                .filter(|next| **next != to.region)
+                .map(|next| format!("{to} is itself aliased to {next}, it has no backend"))
+        };
+        if let Some(why) = why {
+            errors.push(format!("--alias {key}={target}: {why}"));
         }
     }
     errors
@@ -383,6 +411,46 @@ mod tests {
         assert_eq!(config["blobs"]["mode"], "verify_upstream");
         assert_eq!(config["decision_header"], "x-d");
         assert_eq!(names(&config).len(), 5);
+    }
+
+    #[test]
+    fn an_alias_target_must_be_a_mapped_region_of_the_files() {
+        let errors_for = |target: &str, extra: &dyn Fn(&mut ImportOptions)| {
+            let mut o = options();
+            o.aliases.insert("aws:cn-north-1".parse().unwrap(), target.into());
+            extra(&mut o);
+            import(&claims(), &o, None).unwrap_err()
+        };
+        // A region no file has would get a backend for a bucket that does not exist.
+        assert_eq!(
+            errors_for("ap-east-9", &|_| {}),
+            ["--alias aws:cn-north-1=ap-east-9: no such region aws:ap-east-9 in the files given"]
+        );
+        // Another cloud's region is not this cloud's: the backend would be aws-europe-north1.
+        assert_eq!(
+            errors_for("europe-north1", &|_| {}),
+            ["--alias aws:cn-north-1=europe-north1: no such region aws:europe-north1 in the files given"]
+        );
+        assert_eq!(
+            errors_for("global", &|_| {}),
+            ["--alias aws:cn-north-1=global: aws:global is non-routable, it has no backend"]
+        );
+        assert_eq!(
+            errors_for("eu-west-3", &|o| {
+                o.exclude.insert("aws:eu-west-3".parse().unwrap());
+            }),
+            ["--alias aws:cn-north-1=eu-west-3: aws:eu-west-3 is kept out by --exclude or --only, it has no backend"]
+        );
+        assert_eq!(
+            errors_for("eu-west-3", &|o| {
+                o.aliases.insert("aws:eu-west-3".parse().unwrap(), "ap-northeast-1".into());
+            }),
+            ["--alias aws:cn-north-1=eu-west-3: aws:eu-west-3 is itself aliased to ap-northeast-1, it has no backend"]
+        );
+        // The target is compared in lower case, as the files' regions are.
+        let mut o = options();
+        o.aliases.insert("aws:cn-north-1".parse().unwrap(), "ap-northeast-1".into());
+        assert!(import(&claims(), &o, None).is_ok());
     }
 
     #[test]
