@@ -9,6 +9,7 @@
 pub mod providers;
 
 use crate::config::Config;
+use crate::url_template::{braced, TemplateError, UrlTemplate, PLACEHOLDERS};
 use ipnet::IpNet;
 use serde_json::{json, Map, Value};
 use std::collections::{BTreeMap, BTreeSet};
@@ -146,6 +147,14 @@ pub fn import(
     base: Option<Value>,
 ) -> Result<String, Vec<String>> {
     let mut errors = check_options(claims, options);
+    // A bad template is said once, not once per backend made from it.
+    let mut bad_templates = BTreeSet::new();
+    for (cloud, template) in &options.blob_urls {
+        if let Err(e) = check_template(*cloud, template) {
+            errors.push(e);
+            bad_templates.insert(*cloud);
+        }
+    }
     let mut outcomes: BTreeMap<IpNet, BTreeMap<Outcome, BTreeSet<RegionKey>>> = BTreeMap::new();
     for claim in claims {
         outcomes
@@ -205,6 +214,9 @@ pub fn import(
             ));
             continue;
         };
+        if bad_templates.contains(&cloud) {
+            continue;
+        }
         backend_values.push(json!({
             "name": format!("{}-{region}", cloud.as_str()),
             "blob_url": template.replace("{region}", &region),
@@ -245,6 +257,26 @@ fn is_non_routable(key: &RegionKey) -> bool {
 /// Kept out of the backends by `--exclude` or `--only`.
 fn is_excluded(key: &RegionKey, options: &ImportOptions) -> bool {
     options.exclude.contains(key) || options.only.as_ref().is_some_and(|only| !only.contains(key))
+}
+
+/// `{region}`: filled in by [`import`], before the filter sees the template.
+const REGION: &str = "region";
+
+/// Checks a `--blob-url` template as the filter will, with `{region}` filled in.
+fn check_template(cloud: Cloud, template: &str) -> Result<(), String> {
+    // Region names are letters, digits and '-': any one of them stands for all.
+    let filled = template.replace(&format!("{{{REGION}}}"), REGION);
+    UrlTemplate::parse(&filled).map(|_| ()).map_err(|e| {
+        let why = match e {
+            TemplateError::UnknownPlaceholder(name) => {
+                let mut known = vec![REGION];
+                known.extend(PLACEHOLDERS);
+                format!("unknown placeholder {{{name}}} (known: {})", braced(&known))
+            }
+            other => format!("{template:?} {other}"),
+        };
+        format!("--blob-url {}: {why}", cloud.as_str())
+    })
 }
 
 /// Options that name a region no file has are typos: refuse them.
@@ -454,6 +486,31 @@ mod tests {
     }
 
     #[test]
+    fn a_bad_template_is_one_error_naming_the_option_not_one_per_backend() {
+        let mut o = options();
+        o.blob_urls.insert(Cloud::Aws, "https://b-{regoin}.s3.amazonaws.com/{digest}".into());
+        assert_eq!(
+            import(&claims(), &o, None).unwrap_err(),
+            ["--blob-url aws: unknown placeholder {regoin} (known: {region}, {digest}, {algorithm}, {encoded}, {repository})"]
+        );
+        let mut o = options();
+        o.blob_urls.insert(Cloud::Aws, "https://b-{region}.example/{encoded}".into());
+        o.blob_urls.insert(Cloud::Gcp, "gs://{region}/{digest}".into());
+        assert_eq!(
+            import(&claims(), &o, None).unwrap_err(),
+            [
+                "--blob-url aws: \"https://b-{region}.example/{encoded}\" must contain {digest}",
+                "--blob-url gcp: \"gs://{region}/{digest}\" must start with http:// or https:// and a host",
+            ]
+        );
+        // {region} in the host is what the templates are for.
+        let mut o = options();
+        o.blob_urls
+            .insert(Cloud::Aws, "https://b-{region}.s3.{region}.amazonaws.com/{digest}".into());
+        assert!(import(&claims(), &o, None).is_ok());
+    }
+
+    #[test]
     fn typos_and_missing_templates_are_errors() {
         let mut o = options();
         o.exclude.insert("aws:eu-west-33".parse().unwrap());
@@ -469,12 +526,9 @@ mod tests {
         );
         let mut bad = options();
         bad.blob_urls.insert(Cloud::Gcp, "gs://{region}/{digest}".into());
-        let errors = import(&claims(), &bad, None).unwrap_err();
-        assert!(
-            errors[0].contains(
-                "backends[3].blob_url: \"gs://europe-north1/{digest}\" must start with http://"
-            ),
-            "{errors:?}"
+        assert_eq!(
+            import(&claims(), &bad, None).unwrap_err(),
+            ["--blob-url gcp: \"gs://{region}/{digest}\" must start with http:// or https:// and a host"]
         );
         assert_eq!("aws".parse::<Cloud>(), Ok(Cloud::Aws));
         assert!("aws".parse::<RegionKey>().is_err());
