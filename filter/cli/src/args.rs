@@ -3,6 +3,12 @@
 /// A usage error, shown with the usage text.
 pub struct Usage(pub String);
 
+/// Whether a command's arguments ask for its usage: `-h` or `--help` anywhere before `--`
+/// (even in a value's place, so `explain --config --help` is help, not a file named `--help`).
+pub fn wants_help(argv: &[String]) -> bool {
+    argv.iter().take_while(|arg| *arg != "--").any(|arg| arg == "-h" || arg == "--help")
+}
+
 /// Options and positional arguments of one command.
 pub struct Parsed {
     options: Vec<(String, String)>,
