@@ -27,16 +27,18 @@ impl Parsed {
                 positional.extend(rest.by_ref().cloned());
             } else if let Some(name) = arg.strip_prefix("--") {
                 let (name, value) = match name.split_once('=') {
-                    Some((name, value)) => (name, value.to_string()),
-                    None => {
-                        let value =
-                            rest.next().ok_or_else(|| Usage(format!("--{name} needs a value")))?;
-                        (name, value.clone())
-                    }
+                    Some((name, value)) => (name, Some(value)),
+                    None => (name, None),
                 };
                 if !known.contains(&name) {
                     return Err(Usage(format!("unknown option --{name}")));
                 }
+                let value = match value {
+                    Some(value) => value.to_string(),
+                    None => {
+                        rest.next().ok_or_else(|| Usage(format!("--{name} needs a value")))?.clone()
+                    }
+                };
                 options.push((name.to_string(), value));
             } else {
                 positional.push(arg.clone());

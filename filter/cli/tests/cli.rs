@@ -134,6 +134,12 @@ fn usage_errors_exit_2() {
     assert_eq!(blobsteer(&["explain", "--config"], None).status.code(), Some(2));
     assert_eq!(blobsteer(&["explain", "--bogus", "x"], None).status.code(), Some(2));
     assert_eq!(blobsteer(&["check"], None).status.code(), Some(2));
+    // An unknown option is named as such, even with no value after it.
+    let out = blobsteer(&["ranges", "--bogus"], None);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8(out.stderr)
+        .unwrap()
+        .starts_with("blobsteer: unknown option --bogus\n"));
 }
 
 #[test]
