@@ -28,8 +28,10 @@ const COMMANDS: [(&str, &str); 4] = [
         "  blobsteer ranges [--aws FILE] [--gcp FILE] [--azure FILE] --blob-url CLOUD=TEMPLATE...
                    [--only CLOUD:REGION,...] [--exclude CLOUD:REGION,...]
                    [--alias CLOUD:REGION=REGION...] [--prefer CLOUD:REGION...] [--base CONFIG]
+                   [--previous CONFIG [--max-removed-percent N]]
       write a filter configuration with one backend per region of the providers' range files
-      ({region} in a template is the region; AWS GLOBAL and GCP global are non-routable)
+      ({region} in a template is the region; AWS GLOBAL and GCP global are non-routable);
+      with --previous, refuse one that drops more than N% (default 10) of its prefixes
 ",
     ),
     (

@@ -4,9 +4,11 @@
 //! non-routable, and so do regions the operator excludes, so a broader prefix of another region
 //! cannot capture their clients. The same prefix listed once per service collapses to one entry;
 //! a prefix that two regions claim with different outcomes is an error unless one is preferred.
-//! The output is deterministic, so a weekly refresh is a reviewable diff.
+//! The output is deterministic, so a weekly refresh is a reviewable diff, and [`refresh`] refuses
+//! one that drops too much of the previous map.
 
 pub mod providers;
+pub mod refresh;
 
 use crate::config::Config;
 use crate::url_template::{braced, TemplateError, UrlTemplate, PLACEHOLDERS};
