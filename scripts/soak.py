@@ -80,7 +80,11 @@ def main() -> int:
     args = parser.parse_args()
     run_dir = stk.REPO_ROOT / ".run" / "soak"
     # Its own ports by default, so a soak can run beside `make run`.
-    ports = stk.Ports.from_env({"BLOBSTEER_BASE_PORT": "18200", **os.environ})
+    try:
+        ports = stk.Ports.from_env({"BLOBSTEER_BASE_PORT": "18200", **os.environ})
+    except stk.BadPort as err:
+        print(f"soak.py: {err}", file=sys.stderr)
+        return 1
     rewrite = {"manifests": {"rewrite": True}}
     with stk.Stack(run_dir, ports=ports, envoy_concurrency=args.concurrency, filter_overrides=rewrite) as s:
         script = run_dir / "soak.lua"

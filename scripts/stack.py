@@ -110,8 +110,25 @@ def mirror_port_variable(backend: str) -> str:
     return f"BLOBSTEER_MIRROR_{_env_word(backend)}_PORT"
 
 
+# The ports that are neither a client listener nor a mirror: variable -> offset from the base.
+FIXED_OFFSETS = {
+    "BLOBSTEER_ENVOY_PORT": 0,
+    "BLOBSTEER_ADMIN_PORT": 1,
+    "BLOBSTEER_REGISTRY_PORT": 50,
+}
+HIGHEST_PORT = 65535
+# The highest offset from the base: a base above HIGHEST_PORT minus this leaves no room.
+HIGHEST_OFFSET = max(
+    *FIXED_OFFSETS.values(), *(c.offset for c in CLIENT_LOCATIONS), *MIRROR_OFFSETS.values()
+)
+
+
 class PortInUse(RuntimeError):
     """A port the stack needs is taken (or configured twice)."""
+
+
+class BadPort(ValueError):
+    """A BLOBSTEER_*_PORT variable whose value is not a port the stack can use."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -135,15 +152,15 @@ class Ports:
     def from_env(cls, env: Mapping[str, str] | None = None) -> Ports:
         """Ports from `env` (default: os.environ)."""
         env = os.environ if env is None else env
-        base = _port_value(env, "BLOBSTEER_BASE_PORT", 18000)
+        base = _port_value(env, "BLOBSTEER_BASE_PORT", 18000, highest=HIGHEST_PORT - HIGHEST_OFFSET)
 
         def port(variable: str, offset: int) -> int:
             return _port_value(env, variable, base + offset)
 
         return cls(
-            envoy=port("BLOBSTEER_ENVOY_PORT", 0),
-            admin=port("BLOBSTEER_ADMIN_PORT", 1),
-            registry=port("BLOBSTEER_REGISTRY_PORT", 50),
+            envoy=port("BLOBSTEER_ENVOY_PORT", FIXED_OFFSETS["BLOBSTEER_ENVOY_PORT"]),
+            admin=port("BLOBSTEER_ADMIN_PORT", FIXED_OFFSETS["BLOBSTEER_ADMIN_PORT"]),
+            registry=port("BLOBSTEER_REGISTRY_PORT", FIXED_OFFSETS["BLOBSTEER_REGISTRY_PORT"]),
             listeners={
                 c.name: port(listener_port_variable(c.name), c.offset) for c in CLIENT_LOCATIONS
             },
@@ -209,13 +226,24 @@ class Ports:
                 )
 
 
-def _port_value(env: Mapping[str, str], variable: str, default: int) -> int:
+def _port_value(
+    env: Mapping[str, str], variable: str, default: int, highest: int = HIGHEST_PORT
+) -> int:
+    """`variable`'s port from `env` (unset or empty: `default`); BadPort unless it is a decimal
+    number from 1 to `highest` (the base port's `highest` leaves room for every offset)."""
     raw = env.get(variable)
     if raw is None or raw == "":
         return default
-    if not raw.isdigit() or not 0 < int(raw) < 65536:
-        raise ValueError(f"{variable}={raw!r} is not a TCP port")
-    return int(raw)
+    if raw.isascii() and raw.isdigit() and 0 < int(raw) <= highest:
+        return int(raw)
+    if highest == HIGHEST_PORT:
+        raise BadPort(
+            f"{variable}={raw!r} is not a TCP port: set it to a number from 1 to {highest}"
+        )
+    raise BadPort(
+        f"{variable}={raw!r} is not a usable base port: set it to a number from 1 to {highest} "
+        f"(the stack's ports go up to {HIGHEST_PORT - highest} above it)"
+    )
 
 
 def ephemeral_port_low() -> int:
@@ -1365,7 +1393,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return run(args)
-    except (PortInUse, FileNotFoundError, StartupError, CommandFailed) as err:
+    except (BadPort, PortInUse, FileNotFoundError, StartupError, CommandFailed) as err:
         print(f"stack.py: {err}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

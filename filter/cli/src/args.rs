@@ -3,6 +3,12 @@
 /// A usage error, shown with the usage text.
 pub struct Usage(pub String);
 
+/// Whether a command's arguments ask for its usage: `-h` or `--help` anywhere before `--`
+/// (even in a value's place, so `explain --config --help` is help, not a file named `--help`).
+pub fn wants_help(argv: &[String]) -> bool {
+    argv.iter().take_while(|arg| *arg != "--").any(|arg| arg == "-h" || arg == "--help")
+}
+
 /// Options and positional arguments of one command.
 pub struct Parsed {
     options: Vec<(String, String)>,
@@ -21,16 +27,18 @@ impl Parsed {
                 positional.extend(rest.by_ref().cloned());
             } else if let Some(name) = arg.strip_prefix("--") {
                 let (name, value) = match name.split_once('=') {
-                    Some((name, value)) => (name, value.to_string()),
-                    None => {
-                        let value =
-                            rest.next().ok_or_else(|| Usage(format!("--{name} needs a value")))?;
-                        (name, value.clone())
-                    }
+                    Some((name, value)) => (name, Some(value)),
+                    None => (name, None),
                 };
                 if !known.contains(&name) {
                     return Err(Usage(format!("unknown option --{name}")));
                 }
+                let value = match value {
+                    Some(value) => value.to_string(),
+                    None => {
+                        rest.next().ok_or_else(|| Usage(format!("--{name} needs a value")))?.clone()
+                    }
+                };
                 options.push((name.to_string(), value));
             } else {
                 positional.push(arg.clone());

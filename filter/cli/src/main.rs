@@ -8,33 +8,65 @@ mod rewrite;
 use blobsteer_core::Config;
 use std::process::ExitCode;
 
-const USAGE: &str = "\
-usage:
-  blobsteer check CONFIG
+/// Each command's usage, in the order `--help` lists them.
+const COMMANDS: [(&str, &str); 4] = [
+    (
+        "check",
+        "  blobsteer check CONFIG
       validate a filter configuration; prints a summary, or every error with its field
-  blobsteer explain --config CONFIG [--method M] [--path P] [--source ADDR] [XFF... | -]
+",
+    ),
+    (
+        "explain",
+        "  blobsteer explain --config CONFIG [--method M] [--path P] [--source ADDR] [XFF... | -]
       print, one JSON object per x-forwarded-for value, what the filter does with the request
       (XFF '-' reads one value per line from stdin; no XFF means the header is absent)
-  blobsteer ranges [--aws FILE] [--gcp FILE] [--azure FILE] --blob-url CLOUD=TEMPLATE...
+",
+    ),
+    (
+        "ranges",
+        "  blobsteer ranges [--aws FILE] [--gcp FILE] [--azure FILE] --blob-url CLOUD=TEMPLATE...
                    [--only CLOUD:REGION,...] [--exclude CLOUD:REGION,...]
                    [--alias CLOUD:REGION=REGION...] [--prefer CLOUD:REGION...] [--base CONFIG]
+                   [--previous CONFIG [--max-removed-percent N]]
       write a filter configuration with one backend per region of the providers' range files
-      ({region} in a template is the region; AWS GLOBAL and GCP global are non-routable)
-  blobsteer rewrite --config CONFIG --backend NAME [--content-type TYPE] [--repository NAME]
+      ({region} in a template is the region; AWS GLOBAL and GCP global are non-routable);
+      with --previous, refuse one that drops more than N% (default 10) of its prefixes
+",
+    ),
+    (
+        "rewrite",
+        "  blobsteer rewrite --config CONFIG --backend NAME [--content-type TYPE] [--repository NAME]
                     [--children OCI_BLOBS_DIR] [--max-bytes N] FILE|-
       write the manifest a client of that backend gets for a tag request (the original bytes
       where it is left untouched); on stderr, `sha256:<hex> rewritten` or `... unchanged: <why>`
-";
+",
+    ),
+];
+
+/// The usage of `command`, or of every command.
+fn usage(command: Option<&str>) -> String {
+    let sections = COMMANDS.iter().filter(|(name, _)| command.map_or(true, |c| c == *name));
+    std::iter::once("usage:\n").chain(sections.map(|(_, text)| *text)).collect()
+}
 
 fn main() -> ExitCode {
     let argv: Vec<String> = std::env::args().skip(1).collect();
-    let result = match argv.first().map(String::as_str) {
-        Some("check") => check(argv.get(1..).unwrap_or_default()),
-        Some("explain") => explain::run(argv.get(1..).unwrap_or_default()),
-        Some("ranges") => ranges::run(argv.get(1..).unwrap_or_default()),
-        Some("rewrite") => rewrite::run(argv.get(1..).unwrap_or_default()),
+    let command = argv.first().map(String::as_str);
+    let rest = argv.get(1..).unwrap_or_default();
+    if let Some(name) = command.filter(|c| COMMANDS.iter().any(|(n, _)| n == c)) {
+        if args::wants_help(rest) {
+            print!("{}", usage(Some(name)));
+            return ExitCode::SUCCESS;
+        }
+    }
+    let result = match command {
+        Some("check") => check(rest),
+        Some("explain") => explain::run(rest),
+        Some("ranges") => ranges::run(rest),
+        Some("rewrite") => rewrite::run(rest),
         Some("-h" | "--help" | "help") => {
-            print!("{USAGE}");
+            print!("{}", usage(None));
             Ok(ExitCode::SUCCESS)
         }
         Some("-V" | "--version") => {
@@ -46,7 +78,8 @@ fn main() -> ExitCode {
     match result {
         Ok(code) => code,
         Err(args::Usage(message)) => {
-            eprintln!("blobsteer: {message}\n{USAGE}");
+            let command = command.filter(|c| COMMANDS.iter().any(|(n, _)| n == c));
+            eprintln!("blobsteer: {message}\n{}", usage(command));
             ExitCode::from(2)
         }
     }

@@ -1,19 +1,42 @@
 //! `blobsteer ranges`: a filter configuration from the clouds' published IP range files.
 
 use crate::args::{Parsed, Usage};
+use blobsteer_core::ranges::refresh::{check_removals, DEFAULT_MAX_REMOVED_PERCENT};
 use blobsteer_core::ranges::{import, providers, Claim, Cloud, ImportOptions, RegionKey};
+use serde_json::Value;
 use std::process::ExitCode;
 
 /// Runs the command: the configuration on stdout, or every error on stderr and nothing on stdout.
 pub fn run(argv: &[String]) -> Result<ExitCode, Usage> {
     let args = Parsed::new(
         argv,
-        &["aws", "gcp", "azure", "blob-url", "only", "exclude", "alias", "prefer", "base"],
+        &[
+            "aws",
+            "gcp",
+            "azure",
+            "blob-url",
+            "only",
+            "exclude",
+            "alias",
+            "prefer",
+            "base",
+            "previous",
+            "max-removed-percent",
+        ],
     )?;
     if !args.positional.is_empty() {
         return Err(Usage(format!("ranges takes no positional arguments: {:?}", args.positional)));
     }
     let options = options(&args)?;
+    let max_removed = match args.get("max-removed-percent") {
+        None => DEFAULT_MAX_REMOVED_PERCENT,
+        Some(_) if args.get("previous").is_none() => {
+            return Err(Usage("--max-removed-percent needs --previous CONFIG".into()));
+        }
+        Some(text) => text.parse().ok().filter(|p| *p <= 100).ok_or_else(|| {
+            Usage(format!("--max-removed-percent {text:?} is not a whole percentage (0 to 100)"))
+        })?,
+    };
     let mut claims: Vec<Claim> = Vec::new();
     let mut errors: Vec<String> = Vec::new();
     for cloud in Cloud::ALL {
@@ -31,25 +54,17 @@ pub fn run(argv: &[String]) -> Result<ExitCode, Usage> {
     if claims.is_empty() && errors.is_empty() {
         return Err(Usage("ranges needs at least one of --aws, --gcp, --azure".into()));
     }
-    let base = match args.get("base") {
-        None => None,
-        Some(path) => match std::fs::read(path)
-            .map_err(|e| e.to_string())
-            .and_then(|bytes| serde_json::from_slice(&bytes).map_err(|e| format!("not JSON: {e}")))
-        {
-            Ok(value) => Some(value),
-            Err(e) => {
-                errors.push(format!("{path}: {e}"));
-                None
-            }
-        },
-    };
+    let base = args.get("base").and_then(|path| read_json(path, &mut errors));
+    let previous = args.get("previous").map(|path| (path, read_json(path, &mut errors)));
     if errors.is_empty() {
         match import(&claims, &options, base) {
-            Ok(config) => {
-                print!("{config}");
-                return Ok(ExitCode::SUCCESS);
-            }
+            Ok(config) => match guard(previous, &config, max_removed) {
+                Ok(()) => {
+                    print!("{config}");
+                    return Ok(ExitCode::SUCCESS);
+                }
+                Err(e) => errors.push(e),
+            },
             Err(mut found) => errors.append(&mut found),
         }
     }
@@ -57,6 +72,31 @@ pub fn run(argv: &[String]) -> Result<ExitCode, Usage> {
         eprintln!("blobsteer ranges: {error}");
     }
     Ok(ExitCode::FAILURE)
+}
+
+/// A JSON file, or `None` with the error recorded.
+fn read_json(path: &str, errors: &mut Vec<String>) -> Option<Value> {
+    let value = std::fs::read(path)
+        .map_err(|e| e.to_string())
+        .and_then(|bytes| serde_json::from_slice(&bytes).map_err(|e| format!("not JSON: {e}")));
+    value.map_err(|e| errors.push(format!("{path}: {e}"))).ok()
+}
+
+/// With `--previous`, refuses a configuration that drops too many of its prefixes, and otherwise
+/// says on stderr how many it drops.
+fn guard(previous: Option<(&str, Option<Value>)>, config: &str, max: u8) -> Result<(), String> {
+    let Some((path, Some(previous))) = previous else {
+        return Ok(());
+    };
+    let next: Value = serde_json::from_str(config).map_err(|e| e.to_string())?;
+    let removal = check_removals(path, &previous, &next, max)?;
+    eprintln!(
+        "blobsteer ranges: {} of the {} prefixes of {path} dropped ({}; at most {max}% allowed)",
+        removal.removed,
+        removal.previous,
+        removal.percent()
+    );
+    Ok(())
 }
 
 fn options(args: &Parsed) -> Result<ImportOptions, Usage> {

@@ -33,6 +33,19 @@ pub fn run(argv: &[String]) -> Result<ExitCode, Usage> {
         eprintln!("blobsteer rewrite: no backend {name:?} in {config_path}");
         return Ok(ExitCode::FAILURE);
     };
+    let children = args.get("children").map(Path::new);
+    // A directory that is not there would make every index "unchanged: child_unavailable".
+    if let Some(dir) = children {
+        let problem = match std::fs::metadata(dir) {
+            Ok(meta) if meta.is_dir() => None,
+            Ok(_) => Some("not a directory".to_string()),
+            Err(e) => Some(e.to_string()),
+        };
+        if let Some(problem) = problem {
+            eprintln!("blobsteer rewrite: --children {}: {problem}", dir.display());
+            return Ok(ExitCode::FAILURE);
+        }
+    }
     let bytes = match read_input(input) {
         Ok(bytes) => bytes,
         Err(e) => {
@@ -40,7 +53,6 @@ pub fn run(argv: &[String]) -> Result<ExitCode, Usage> {
             return Ok(ExitCode::FAILURE);
         }
     };
-    let children = args.get("children").map(Path::new);
     // A child is read from an OCI layout's blobs directory: <dir>/<algorithm>/<hex>.
     let child = |digest: &str| {
         let (algorithm, hex) = digest.split_once(':')?;

@@ -134,6 +134,46 @@ fn usage_errors_exit_2() {
     assert_eq!(blobsteer(&["explain", "--config"], None).status.code(), Some(2));
     assert_eq!(blobsteer(&["explain", "--bogus", "x"], None).status.code(), Some(2));
     assert_eq!(blobsteer(&["check"], None).status.code(), Some(2));
+    // An unknown option is named as such, even with no value after it.
+    let out = blobsteer(&["ranges", "--bogus"], None);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8(out.stderr)
+        .unwrap()
+        .starts_with("blobsteer: unknown option --bogus\n"));
+}
+
+#[test]
+fn help_on_every_command_prints_its_usage_and_exits_0() {
+    for command in ["check", "explain", "ranges", "rewrite"] {
+        for flag in ["--help", "-h"] {
+            // Alone, and after other arguments (even an incomplete command line).
+            for args in [vec![command, flag], vec![command, "--config", "x.json", flag]] {
+                let out = blobsteer(&args, None);
+                let stdout = String::from_utf8(out.stdout).unwrap();
+                assert_eq!(out.status.code(), Some(0), "{args:?}: {stdout}");
+                assert!(
+                    out.stderr.is_empty(),
+                    "{args:?}: {}",
+                    String::from_utf8_lossy(&out.stderr)
+                );
+                assert!(
+                    stdout.starts_with(&format!("usage:\n  blobsteer {command} ")),
+                    "{args:?}: {stdout}"
+                );
+            }
+        }
+    }
+    let out = blobsteer(&["--help"], None);
+    assert_eq!(out.status.code(), Some(0));
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    for command in ["check", "explain", "ranges", "rewrite"] {
+        assert!(stdout.contains(&format!("\n  blobsteer {command} ")), "{stdout}");
+    }
+    // After `--`, it is an argument like any other: an x-forwarded-for value here.
+    let out =
+        blobsteer(&["explain", "--config", &testdata("three-backends.json"), "--", "-h"], None);
+    assert_eq!(out.status.code(), Some(0));
+    assert_eq!(lines(&out)[0]["xff"], "-h");
 }
 
 #[test]

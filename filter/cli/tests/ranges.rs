@@ -88,6 +88,53 @@ fn a_malformed_file_names_file_entry_and_field_and_prints_nothing() {
         .contains("--exclude aws:eu-west-33: no such region"));
 }
 
+#[test]
+fn previous_refuses_a_refresh_that_drops_too_many_prefixes() {
+    let all = [
+        ("aws", fixture("aws.json")),
+        ("gcp", fixture("gcp.json")),
+        ("azure", fixture("azure.json")),
+    ];
+    let full = ranges(&all, &[]);
+    assert!(full.status.success());
+    let dir = tempdir();
+    let previous = dir.join("previous.json").display().to_string();
+    std::fs::write(&previous, &full.stdout).unwrap();
+    // The same files again: nothing dropped, the config as without --previous.
+    let same = ranges(&all, &["--previous", &previous]);
+    assert!(same.status.success());
+    assert_eq!(same.stdout, full.stdout);
+    assert_eq!(
+        String::from_utf8(same.stderr).unwrap(),
+        format!("blobsteer ranges: 0 of the 12 prefixes of {previous} dropped (0.0%; at most 10% allowed)\n")
+    );
+    // Only AWS: GCP's and Azure's 5 prefixes are gone, more than the default 10%.
+    let aws = [("aws", fixture("aws.json"))];
+    let cut = ranges(&aws, &["--previous", &previous]);
+    assert_eq!(cut.status.code(), Some(1));
+    assert!(cut.stdout.is_empty());
+    assert_eq!(
+        String::from_utf8(cut.stderr).unwrap(),
+        format!(
+            "blobsteer ranges: the new configuration drops 5 of the 12 prefixes of {previous} \
+             (41.6%), more than the 10% allowed (--max-removed-percent); nothing written\n"
+        )
+    );
+    let accepted = ranges(&aws, &["--previous", &previous, "--max-removed-percent", "42"]);
+    assert!(accepted.status.success(), "{}", String::from_utf8_lossy(&accepted.stderr));
+    assert!(!accepted.stdout.is_empty());
+    // A limit is a whole percentage, and only means something with --previous.
+    for bad in [
+        vec!["--previous", &previous, "--max-removed-percent", "101"],
+        vec!["--max-removed-percent", "5"],
+    ] {
+        assert_eq!(ranges(&aws, &bad).status.code(), Some(2), "{bad:?}");
+    }
+    let missing = ranges(&aws, &["--previous", "/nonexistent/previous.json"]);
+    assert_eq!(missing.status.code(), Some(1));
+    assert!(missing.stdout.is_empty());
+}
+
 /// Every address at the edges of every published prefix is routed to the region that published
 /// the longest prefix containing it.
 #[test]

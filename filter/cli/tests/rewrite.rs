@@ -100,3 +100,23 @@ fn bad_config_or_unknown_backend_exit_1() {
     assert_eq!(out.status.code(), Some(1));
     assert!(status(&out).contains("no backend \"mars\""));
 }
+
+#[test]
+fn a_children_directory_that_is_not_there_is_an_error_not_an_unchanged_index() {
+    let layout = testdata("manifests/layout");
+    let index = format!("{layout}/index.json");
+    let missing = format!("{layout}/no-such-blobs");
+    let out = rewrite(&["--children", &missing], &index, b"");
+    assert_eq!(out.status.code(), Some(1), "{}", status(&out));
+    assert!(out.stdout.is_empty());
+    assert_eq!(
+        status(&out),
+        format!(
+            "blobsteer rewrite: --children {missing}: No such file or directory (os error 2)\n"
+        )
+    );
+    // A file is not a directory either.
+    let out = rewrite(&["--children", &index], &index, b"");
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(status(&out), format!("blobsteer rewrite: --children {index}: not a directory\n"));
+}

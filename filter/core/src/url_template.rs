@@ -7,6 +7,14 @@
 use crate::digest::Digest;
 use std::fmt;
 
+/// The placeholders a template may contain, without their braces.
+pub const PLACEHOLDERS: [&str; 4] = ["digest", "algorithm", "encoded", "repository"];
+
+/// `{a}, {b}, ...`: how messages list placeholders.
+pub fn braced(names: &[&str]) -> String {
+    names.iter().map(|name| format!("{{{name}}}")).collect::<Vec<_>>().join(", ")
+}
+
 /// A blob URL template, parsed and validated.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UrlTemplate {
@@ -47,15 +55,14 @@ impl fmt::Display for TemplateError {
         match self {
             TemplateError::NotHttp => f.write_str("must start with http:// or https:// and a host"),
             TemplateError::BadCharacter(c) => write!(f, "contains the character {c:?}"),
-            TemplateError::UnknownPlaceholder(name) => write!(
-                f,
-                "unknown placeholder {{{name}}} (known: {{digest}}, {{algorithm}}, {{encoded}}, {{repository}})"
-            ),
+            TemplateError::UnknownPlaceholder(name) => {
+                write!(f, "unknown placeholder {{{name}}} (known: {})", braced(&PLACEHOLDERS))
+            }
             TemplateError::UnbalancedBrace => f.write_str("has an unbalanced '{' or '}'"),
             TemplateError::MissingDigest => f.write_str("must contain {digest}"),
-            TemplateError::PlaceholderOutsidePath => {
-                f.write_str("placeholders may only appear in the path (not the host, query or fragment)")
-            }
+            TemplateError::PlaceholderOutsidePath => f.write_str(
+                "placeholders may only appear in the path (not the host, query or fragment)",
+            ),
         }
     }
 }
@@ -74,11 +81,8 @@ impl UrlTemplate {
         if host.is_empty() || host.starts_with(':') || host.contains('@') {
             return Err(TemplateError::NotHttp);
         }
-        let after_path = after_scheme.get(host.len()..).unwrap_or_default();
-        let after_path = after_path.find(['?', '#']).map_or("", |at| &after_path[at..]);
-        if host.contains(['{', '}']) || after_path.contains(['{', '}']) {
-            return Err(TemplateError::PlaceholderOutsidePath);
-        }
+        // Placeholders are read before their place is checked, so a typo is named as a typo
+        // wherever it is.
         let mut pieces = Vec::new();
         let mut rest = text;
         while !rest.is_empty() {
@@ -106,6 +110,11 @@ impl UrlTemplate {
                     rest = after;
                 }
             }
+        }
+        let after_path = after_scheme.get(host.len()..).unwrap_or_default();
+        let after_path = after_path.find(['?', '#']).map_or("", |at| &after_path[at..]);
+        if host.contains(['{', '}']) || after_path.contains(['{', '}']) {
+            return Err(TemplateError::PlaceholderOutsidePath);
         }
         if !pieces.contains(&Piece::Digest) {
             return Err(TemplateError::MissingDigest);
@@ -174,6 +183,9 @@ mod tests {
             ("https://x/{{digest}}", TemplateError::UnbalancedBrace),
             ("https://x/{region}/{digest}", TemplateError::UnknownPlaceholder("region".into())),
             ("https://{digest}.x/", TemplateError::PlaceholderOutsidePath),
+            // A typo is named as such wherever it is.
+            ("https://{regoin}.x/{digest}", TemplateError::UnknownPlaceholder("regoin".into())),
+            ("https://x/{digest}?v={regoin}", TemplateError::UnknownPlaceholder("regoin".into())),
             ("http://h#{digest}", TemplateError::PlaceholderOutsidePath),
             ("http://h/b?d={digest}", TemplateError::PlaceholderOutsidePath),
             ("http://h/{digest}#{encoded}", TemplateError::PlaceholderOutsidePath),

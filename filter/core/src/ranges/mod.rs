@@ -4,11 +4,14 @@
 //! non-routable, and so do regions the operator excludes, so a broader prefix of another region
 //! cannot capture their clients. The same prefix listed once per service collapses to one entry;
 //! a prefix that two regions claim with different outcomes is an error unless one is preferred.
-//! The output is deterministic, so a weekly refresh is a reviewable diff.
+//! The output is deterministic, so a weekly refresh is a reviewable diff, and [`refresh`] refuses
+//! one that drops too much of the previous map.
 
 pub mod providers;
+pub mod refresh;
 
 use crate::config::Config;
+use crate::url_template::{braced, TemplateError, UrlTemplate, PLACEHOLDERS};
 use ipnet::IpNet;
 use serde_json::{json, Map, Value};
 use std::collections::{BTreeMap, BTreeSet};
@@ -146,6 +149,14 @@ pub fn import(
     base: Option<Value>,
 ) -> Result<String, Vec<String>> {
     let mut errors = check_options(claims, options);
+    // A bad template is said once, not once per backend made from it.
+    let mut bad_templates = BTreeSet::new();
+    for (cloud, template) in &options.blob_urls {
+        if let Err(e) = check_template(*cloud, template) {
+            errors.push(e);
+            bad_templates.insert(*cloud);
+        }
+    }
     let mut outcomes: BTreeMap<IpNet, BTreeMap<Outcome, BTreeSet<RegionKey>>> = BTreeMap::new();
     for claim in claims {
         outcomes
@@ -205,6 +216,9 @@ pub fn import(
             ));
             continue;
         };
+        if bad_templates.contains(&cloud) {
+            continue;
+        }
         backend_values.push(json!({
             "name": format!("{}-{region}", cloud.as_str()),
             "blob_url": template.replace("{region}", &region),
@@ -230,13 +244,41 @@ pub fn import(
 
 fn outcome(claim: &Claim, options: &ImportOptions) -> Outcome {
     let key = claim.key();
-    let excluded = options.exclude.contains(&key)
-        || options.only.as_ref().is_some_and(|only| !only.contains(&key));
-    if claim.cloud.non_routable_label() == Some(claim.region.as_str()) || excluded {
+    if is_non_routable(&key) || is_excluded(&key, options) {
         return Outcome::NonRoutable;
     }
     let region = options.aliases.get(&key).cloned().unwrap_or(key.region);
     Outcome::Backend(claim.cloud, region)
+}
+
+/// The provider's own label for ranges of no region (AWS `GLOBAL`, GCP `global`).
+fn is_non_routable(key: &RegionKey) -> bool {
+    key.cloud.non_routable_label() == Some(key.region.as_str())
+}
+
+/// Kept out of the backends by `--exclude` or `--only`.
+fn is_excluded(key: &RegionKey, options: &ImportOptions) -> bool {
+    options.exclude.contains(key) || options.only.as_ref().is_some_and(|only| !only.contains(key))
+}
+
+/// `{region}`: filled in by [`import`], before the filter sees the template.
+const REGION: &str = "region";
+
+/// Checks a `--blob-url` template as the filter will, with `{region}` filled in.
+fn check_template(cloud: Cloud, template: &str) -> Result<(), String> {
+    // Region names are letters, digits and '-': any one of them stands for all.
+    let filled = template.replace(&format!("{{{REGION}}}"), REGION);
+    UrlTemplate::parse(&filled).map(|_| ()).map_err(|e| {
+        let why = match e {
+            TemplateError::UnknownPlaceholder(name) => {
+                let mut known = vec![REGION];
+                known.extend(PLACEHOLDERS);
+                format!("unknown placeholder {{{name}}} (known: {})", braced(&known))
+            }
+            other => format!("{template:?} {other}"),
+        };
+        format!("--blob-url {}: {why}", cloud.as_str())
+    })
 }
 
 /// Options that name a region no file has are typos: refuse them.
@@ -257,6 +299,26 @@ fn check_options(claims: &[Claim], options: &ImportOptions) -> Vec<String> {
             || !target.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
         {
             errors.push(format!("--alias {key}={target}: the target must be a region name"));
+            continue;
+        }
+        // The target's clients keep their own backend, so the aliased ones share a bucket that
+        // exists: a target with no backend of its own would be a bucket nobody made.
+        let to = RegionKey::new(key.cloud, target);
+        let why = if !known.contains(&to) {
+            Some(format!("no such region {to} in the files given"))
+        } else if is_non_routable(&to) {
+            Some(format!("{to} is non-routable, it has no backend"))
+        } else if is_excluded(&to, options) {
+            Some(format!("{to} is kept out by --exclude or --only, it has no backend"))
+        } else {
+            options
+                .aliases
+                .get(&to)
+                .filter(|next| **next != to.region)
+                .map(|next| format!("{to} is itself aliased to {next}, it has no backend"))
+        };
+        if let Some(why) = why {
+            errors.push(format!("--alias {key}={target}: {why}"));
         }
     }
     errors
@@ -386,6 +448,71 @@ mod tests {
     }
 
     #[test]
+    fn an_alias_target_must_be_a_mapped_region_of_the_files() {
+        let errors_for = |target: &str, extra: &dyn Fn(&mut ImportOptions)| {
+            let mut o = options();
+            o.aliases.insert("aws:cn-north-1".parse().unwrap(), target.into());
+            extra(&mut o);
+            import(&claims(), &o, None).unwrap_err()
+        };
+        // A region no file has would get a backend for a bucket that does not exist.
+        assert_eq!(
+            errors_for("ap-east-9", &|_| {}),
+            ["--alias aws:cn-north-1=ap-east-9: no such region aws:ap-east-9 in the files given"]
+        );
+        // Another cloud's region is not this cloud's: the backend would be aws-europe-north1.
+        assert_eq!(
+            errors_for("europe-north1", &|_| {}),
+            ["--alias aws:cn-north-1=europe-north1: no such region aws:europe-north1 in the files given"]
+        );
+        assert_eq!(
+            errors_for("global", &|_| {}),
+            ["--alias aws:cn-north-1=global: aws:global is non-routable, it has no backend"]
+        );
+        assert_eq!(
+            errors_for("eu-west-3", &|o| {
+                o.exclude.insert("aws:eu-west-3".parse().unwrap());
+            }),
+            ["--alias aws:cn-north-1=eu-west-3: aws:eu-west-3 is kept out by --exclude or --only, it has no backend"]
+        );
+        assert_eq!(
+            errors_for("eu-west-3", &|o| {
+                o.aliases.insert("aws:eu-west-3".parse().unwrap(), "ap-northeast-1".into());
+            }),
+            ["--alias aws:cn-north-1=eu-west-3: aws:eu-west-3 is itself aliased to ap-northeast-1, it has no backend"]
+        );
+        // The target is compared in lower case, as the files' regions are.
+        let mut o = options();
+        o.aliases.insert("aws:cn-north-1".parse().unwrap(), "ap-northeast-1".into());
+        assert!(import(&claims(), &o, None).is_ok());
+    }
+
+    #[test]
+    fn a_bad_template_is_one_error_naming_the_option_not_one_per_backend() {
+        let mut o = options();
+        o.blob_urls.insert(Cloud::Aws, "https://b-{regoin}.s3.amazonaws.com/{digest}".into());
+        assert_eq!(
+            import(&claims(), &o, None).unwrap_err(),
+            ["--blob-url aws: unknown placeholder {regoin} (known: {region}, {digest}, {algorithm}, {encoded}, {repository})"]
+        );
+        let mut o = options();
+        o.blob_urls.insert(Cloud::Aws, "https://b-{region}.example/{encoded}".into());
+        o.blob_urls.insert(Cloud::Gcp, "gs://{region}/{digest}".into());
+        assert_eq!(
+            import(&claims(), &o, None).unwrap_err(),
+            [
+                "--blob-url aws: \"https://b-{region}.example/{encoded}\" must contain {digest}",
+                "--blob-url gcp: \"gs://{region}/{digest}\" must start with http:// or https:// and a host",
+            ]
+        );
+        // {region} in the host is what the templates are for.
+        let mut o = options();
+        o.blob_urls
+            .insert(Cloud::Aws, "https://b-{region}.s3.{region}.amazonaws.com/{digest}".into());
+        assert!(import(&claims(), &o, None).is_ok());
+    }
+
+    #[test]
     fn typos_and_missing_templates_are_errors() {
         let mut o = options();
         o.exclude.insert("aws:eu-west-33".parse().unwrap());
@@ -401,12 +528,9 @@ mod tests {
         );
         let mut bad = options();
         bad.blob_urls.insert(Cloud::Gcp, "gs://{region}/{digest}".into());
-        let errors = import(&claims(), &bad, None).unwrap_err();
-        assert!(
-            errors[0].contains(
-                "backends[3].blob_url: \"gs://europe-north1/{digest}\" must start with http://"
-            ),
-            "{errors:?}"
+        assert_eq!(
+            import(&claims(), &bad, None).unwrap_err(),
+            ["--blob-url gcp: \"gs://{region}/{digest}\" must start with http:// or https:// and a host"]
         );
         assert_eq!("aws".parse::<Cloud>(), Ok(Cloud::Aws));
         assert!("aws".parse::<RegionKey>().is_err());
