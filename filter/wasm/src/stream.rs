@@ -53,7 +53,8 @@ impl<H: Host> Stream<H> {
         let headers = vm.host.headers(Headers::Request);
         let header = |name: &str| headers.iter().find(|(n, _)| n == name).map(|(_, v)| v);
         let text = |name: &str| header(name).and_then(|v| std::str::from_utf8(v).ok());
-        let route = route(&vm.config, text(":path").unwrap_or_default());
+        let path = text(":path").unwrap_or_default();
+        let route = route(&vm.config, path);
         // Bytes that are not UTF-8 become U+FFFD, which no address parser accepts.
         let forwarded_for: Vec<Cow<'_, str>> = headers
             .iter()
@@ -67,7 +68,7 @@ impl<H: Host> Stream<H> {
         let lines: Vec<&str> = forwarded_for.iter().map(AsRef::as_ref).collect();
         let request = Request {
             method: text(":method").unwrap_or_default(),
-            path: text(":path").unwrap_or_default(),
+            path,
             forwarded_for: &lines,
             source_address: source.as_deref().and_then(|s| std::str::from_utf8(s).ok()),
             has_body: !end_of_stream,
