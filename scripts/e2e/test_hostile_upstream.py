@@ -1,5 +1,5 @@
 """Hostile answers from upstream: manifests that are invalid JSON, deeply nested, duplicate-keyed,
-50 MiB long, gzip-encoded, chunked with a trailer, or whose Content-Length lies. Envoy runs the
+made of millions of tiny values, 50 MiB long, gzip-encoded, chunked with a trailer, or whose Content-Length lies. Envoy runs the
 filter in front of a crafted upstream on the registry's port; every answer must reach the client
 exactly as the upstream sends it directly, with no 5xx and no panic."""
 
@@ -50,6 +50,12 @@ ANSWERS = {
     "type-mismatch": body_response(json.dumps({**IMAGE, "mediaType": "application/vnd.docker.distribution.manifest.v2+json"}).encode()),
     "foreign-layers-only": body_response(json.dumps({**IMAGE, "config": {**CONFIG, "urls": ["https://elsewhere.example/c"]}, "layers": []}).encode()),
     "bad-digest": body_response(json.dumps({**IMAGE, "layers": [{**DESCRIPTOR, "digest": "sha256:ABC"}]}).encode()),
+    # Just under 4 MiB of tiny values: once quadratic (a repeated-key search), then refused
+    # after a bounded number of values, at the cost of an ordinary manifest of that size.
+    "one-huge-object": body_response(
+        b'{"schemaVersion": 2, ' + b", ".join(b'"k%d": 0' % i for i in range(300_000)) + b"}"
+    ),
+    "tiny-values": body_response(b'{"schemaVersion": 2, "layers": [' + b"0," * 2_000_000 + b"0]}"),
 }
 
 
@@ -143,6 +149,7 @@ class HostileUpstreamRewritingTest(HostileUpstreamTest):
         self.assertEqual(moved, {
             "invalid_json": 2,  # invalid, duplicate keys
             "too_deep": 1,
+            "too_many_values": 2,  # one huge object, an array of tiny values
             "encoded": 1,
             "bad_descriptor": 2,  # the chunked body (JSON, not a manifest), an uppercase digest
             "too_large": 1,

@@ -3,37 +3,51 @@
 //! Rewriting a manifest must not reorder, reformat or drop anything it does not change, so the
 //! rewrite splices the original bytes at known places instead of re-serializing. This reader
 //! gives those places. It refuses what a signed or hashed document must never be ambiguous
-//! about: duplicate keys, invalid UTF-8, unpaired surrogates, nesting deeper than a bound, and
-//! anything after the document.
+//! about: duplicate keys, invalid UTF-8, unpaired surrogates, and anything after the document;
+//! and what no manifest needs: nesting deeper than [`MAX_DEPTH`], more values than
+//! [`MAX_VALUES`].
+//!
+//! Reading is linear in the input: each byte is looked at a bounded number of times, and the
+//! tree holds at most [`MAX_VALUES`] nodes (about 50 bytes each), so neither time nor memory
+//! depends on the shape of the input beyond its size. The one step above linear is the
+//! repeated-key check of a large object, `O(m log m)` for `m` members, with `m` below
+//! [`MAX_VALUES`].
 
 use crate::slot::fnv1a;
+use std::borrow::Cow;
 use std::fmt;
 use std::ops::Range;
 
 /// Deepest nesting of arrays and objects accepted; real manifests use 4.
 pub const MAX_DEPTH: usize = 32;
 
+/// Most values (objects, arrays, strings, numbers, literals) and object keys a document may
+/// hold. A manifest of 4 MiB (Distribution's limit) of the smallest descriptors there are holds
+/// about 230,000 (32,000 layers of 3 keys and 4 values); a document of tinier ones (`[0,0,...]`,
+/// or one object of 380,000 short keys) is refused once it passes this, so reading it costs
+/// about what reading a manifest of the same size does (`make bench`, `read_4_mib`), and its
+/// tree stays within about 12 MiB.
+pub const MAX_VALUES: usize = 1 << 18;
+
 /// Objects of up to this many members are searched for a repeated key as each key is read;
 /// a larger object has its keys sorted once it is read (by a cheap hash, then by the key, so
-/// keys are compared only when their hashes tie), then compared with their neighbours. Reading
-/// a document of `n` bytes is then O(n log n) in the worst case, whatever the keys (keys an
-/// attacker makes collide cost string comparisons, not a quadratic search), and close to
-/// linear for real ones: a 4 MiB object of 380,000 keys costs a few times what 4 MiB of
-/// ordinary manifest costs (`make bench`, `read_4_mib`).
+/// keys are compared only when their hashes tie), then compared with their neighbours: keys an
+/// attacker makes collide cost string comparisons, not a quadratic search.
 pub const SEARCHED_MEMBERS: usize = 16;
 
 /// A JSON value and the byte range it occupies in the input.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Node {
+pub struct Node<'a> {
     /// Bytes of the input this value spans (for objects, from `{` to `}` included).
     pub span: Range<usize>,
     /// The value.
-    pub value: Value,
+    pub value: Value<'a>,
 }
 
-/// A JSON value; strings are decoded, numbers kept as their text.
+/// A JSON value; strings are decoded (borrowed from the input unless they hold an escape),
+/// numbers kept as their text.
 #[derive(Debug, Clone, PartialEq)]
-pub enum Value {
+pub enum Value<'a> {
     /// `null`.
     Null,
     /// `true` or `false`.
@@ -42,16 +56,16 @@ pub enum Value {
     /// rewrite keeps them as written).
     Number,
     /// A string, unescaped.
-    String(String),
+    String(Cow<'a, str>),
     /// An array.
-    Array(Vec<Node>),
+    Array(Vec<Node<'a>>),
     /// An object's members in document order (keys unique).
-    Object(Vec<(String, Node)>),
+    Object(Vec<(Cow<'a, str>, Node<'a>)>),
 }
 
-impl Node {
+impl<'a> Node<'a> {
     /// The member `key` of an object.
-    pub fn get(&self, key: &str) -> Option<&Node> {
+    pub fn get(&self, key: &str) -> Option<&Node<'a>> {
         match &self.value {
             Value::Object(members) => members.iter().find(|(k, _)| k == key).map(|(_, v)| v),
             _ => None,
@@ -76,6 +90,8 @@ pub enum JsonError {
     DuplicateKey(String),
     /// Nesting deeper than [`MAX_DEPTH`].
     TooDeep,
+    /// More than [`MAX_VALUES`] values and keys.
+    TooManyValues,
 }
 
 impl fmt::Display for JsonError {
@@ -84,25 +100,26 @@ impl fmt::Display for JsonError {
             JsonError::Syntax(at) => write!(f, "invalid JSON at byte {at}"),
             JsonError::DuplicateKey(key) => write!(f, "duplicate key {key:?}"),
             JsonError::TooDeep => write!(f, "nested deeper than {MAX_DEPTH}"),
+            JsonError::TooManyValues => write!(f, "more than {MAX_VALUES} values and keys"),
         }
     }
 }
 
 /// A key that appears twice in a large object (small ones were searched as they were read).
-fn repeated(members: &[(String, Node)]) -> Option<String> {
+fn repeated(members: &[(Cow<'_, str>, Node<'_>)]) -> Option<String> {
     if members.len() <= SEARCHED_MEMBERS {
         return None;
     }
     let mut keys: Vec<(u64, &str)> =
-        members.iter().map(|(k, _)| (fnv1a(&[k.as_str()]), k.as_str())).collect();
+        members.iter().map(|(k, _)| (fnv1a(&[k.as_ref()]), k.as_ref())).collect();
     keys.sort_unstable();
     let pair = keys.windows(2).find(|pair| pair.first() == pair.last())?;
     pair.first().map(|(_, key)| key.to_string())
 }
 
 /// Reads a whole document.
-pub fn parse(input: &[u8]) -> Result<Node, JsonError> {
-    let mut reader = Reader { input, at: 0 };
+pub fn parse(input: &[u8]) -> Result<Node<'_>, JsonError> {
+    let mut reader = Reader { input, at: 0, values: 0 };
     let node = reader.value(0)?;
     reader.whitespace();
     if reader.at != input.len() {
@@ -114,9 +131,11 @@ pub fn parse(input: &[u8]) -> Result<Node, JsonError> {
 struct Reader<'a> {
     input: &'a [u8],
     at: usize,
+    /// Values and keys read so far.
+    values: usize,
 }
 
-impl Reader<'_> {
+impl<'a> Reader<'a> {
     fn peek(&self) -> Option<u8> {
         self.input.get(self.at).copied()
     }
@@ -140,7 +159,17 @@ impl Reader<'_> {
         }
     }
 
-    fn value(&mut self, depth: usize) -> Result<Node, JsonError> {
+    /// Counts a value or a key against [`MAX_VALUES`].
+    fn count(&mut self) -> Result<(), JsonError> {
+        self.values += 1;
+        if self.values > MAX_VALUES {
+            return Err(JsonError::TooManyValues);
+        }
+        Ok(())
+    }
+
+    fn value(&mut self, depth: usize) -> Result<Node<'a>, JsonError> {
+        self.count()?;
         self.whitespace();
         let start = self.at;
         let value = match self.peek() {
@@ -156,7 +185,7 @@ impl Reader<'_> {
         Ok(Node { span: start..self.at, value })
     }
 
-    fn literal(&mut self, text: &[u8], value: Value) -> Result<Value, JsonError> {
+    fn literal(&mut self, text: &[u8], value: Value<'a>) -> Result<Value<'a>, JsonError> {
         if self.input.get(self.at..self.at + text.len()) == Some(text) {
             self.at += text.len();
             Ok(value)
@@ -165,12 +194,12 @@ impl Reader<'_> {
         }
     }
 
-    fn object(&mut self, depth: usize) -> Result<Value, JsonError> {
+    fn object(&mut self, depth: usize) -> Result<Value<'a>, JsonError> {
         if depth > MAX_DEPTH {
             return Err(JsonError::TooDeep);
         }
         self.expect(b'{')?;
-        let mut members: Vec<(String, Node)> = Vec::new();
+        let mut members: Vec<(Cow<'a, str>, Node<'a>)> = Vec::new();
         self.whitespace();
         if self.peek() == Some(b'}') {
             self.at += 1;
@@ -181,9 +210,10 @@ impl Reader<'_> {
             if self.peek() != Some(b'"') {
                 return self.error();
             }
+            self.count()?;
             let key = self.string()?;
             if members.len() < SEARCHED_MEMBERS && members.iter().any(|(k, _)| *k == key) {
-                return Err(JsonError::DuplicateKey(key));
+                return Err(JsonError::DuplicateKey(key.into_owned()));
             }
             self.whitespace();
             self.expect(b':')?;
@@ -204,7 +234,7 @@ impl Reader<'_> {
         }
     }
 
-    fn array(&mut self, depth: usize) -> Result<Value, JsonError> {
+    fn array(&mut self, depth: usize) -> Result<Value<'a>, JsonError> {
         if depth > MAX_DEPTH {
             return Err(JsonError::TooDeep);
         }
@@ -229,7 +259,7 @@ impl Reader<'_> {
         }
     }
 
-    fn number(&mut self) -> Result<Value, JsonError> {
+    fn number(&mut self) -> Result<Value<'a>, JsonError> {
         if self.peek() == Some(b'-') {
             self.at += 1;
         }
@@ -264,17 +294,18 @@ impl Reader<'_> {
         }
     }
 
-    fn string(&mut self) -> Result<String, JsonError> {
+    fn string(&mut self) -> Result<Cow<'a, str>, JsonError> {
         self.expect(b'"')?;
         // Most strings (every digest, media type and key of a manifest) have no escape: find
-        // the closing quote and take the bytes at once.
-        let rest = self.input.get(self.at..).unwrap_or_default();
+        // the closing quote and borrow the bytes.
+        let input: &'a [u8] = self.input;
+        let rest = input.get(self.at..).unwrap_or_default();
         if let Some(len) = rest.iter().position(|&b| matches!(b, b'"' | b'\\' | 0x00..=0x1f)) {
             if rest.get(len) == Some(&b'"') {
                 let text = rest.get(..len).unwrap_or_default();
                 let text = std::str::from_utf8(text).map_err(|_| JsonError::Syntax(self.at))?;
                 self.at += len + 1;
-                return Ok(text.to_owned());
+                return Ok(Cow::Borrowed(text));
             }
         }
         let mut out: Vec<u8> = Vec::new();
@@ -283,7 +314,8 @@ impl Reader<'_> {
             match byte {
                 b'"' => {
                     self.at += 1;
-                    return String::from_utf8(out).map_err(|_| JsonError::Syntax(self.at));
+                    let text = String::from_utf8(out).map_err(|_| JsonError::Syntax(self.at))?;
+                    return Ok(Cow::Owned(text));
                 }
                 b'\\' => {
                     self.at += 1;
@@ -361,7 +393,7 @@ mod tests {
         let doc = parse(text).unwrap();
         assert_eq!(doc.span, 1..text.len() - 1);
         let Value::Object(members) = &doc.value else { panic!() };
-        assert_eq!(members.iter().map(|(k, _)| k.as_str()).collect::<Vec<_>>(), ["b", "a"]);
+        assert_eq!(members.iter().map(|(k, _)| k.as_ref()).collect::<Vec<_>>(), ["b", "a"]);
         let b = doc.get("b").unwrap();
         assert_eq!(&text[b.span.clone()], b"[1, -2.5e3, true, null]");
         assert_eq!(doc.get("a").unwrap().get("x").unwrap().as_str(), Some("é😀\n"));
@@ -408,6 +440,28 @@ mod tests {
         assert!(parse(br#""\ud800""#).is_err(), "unpaired surrogate");
         assert!(parse(br#""\udc00\ud800""#).is_err());
         assert!(parse(b"\"\xc3\x28\"").is_err(), "invalid UTF-8");
+    }
+
+    #[test]
+    fn a_manifest_of_4_mib_is_read_and_a_document_of_tiny_values_is_refused() {
+        let layer = format!(
+            r#"{{"mediaType":"application/vnd.oci.image.layer.v1.tar+gzip","digest":"sha256:{}","size":123456789}}"#,
+            "a".repeat(64)
+        );
+        let layers = (4 << 20) / (layer.len() + 1);
+        let manifest =
+            format!(r#"{{"schemaVersion":2,"layers":[{}]}}"#, vec![layer; layers].join(","));
+        assert!(manifest.len() <= 4 << 20);
+        assert!(parse(manifest.as_bytes()).is_ok(), "{layers} layers");
+        let zeros = format!("[{}0]", "0,".repeat(2_000_000));
+        assert_eq!(parse(zeros.as_bytes()), Err(JsonError::TooManyValues));
+        let keys: Vec<String> = (0..380_000).map(|i| format!(r#""k{i}":0"#)).collect();
+        let object = format!("{{{}}}", keys.join(","));
+        assert_eq!(parse(object.as_bytes()), Err(JsonError::TooManyValues));
+        let at_the_limit = format!("[{}0]", "0,".repeat(MAX_VALUES - 2));
+        assert!(parse(at_the_limit.as_bytes()).is_ok());
+        let past_it = format!("[{}0]", "0,".repeat(MAX_VALUES - 1));
+        assert_eq!(parse(past_it.as_bytes()), Err(JsonError::TooManyValues));
     }
 
     #[test]

@@ -51,6 +51,8 @@ pub enum Untouched {
     InvalidJson,
     /// Nested deeper than [`json::MAX_DEPTH`].
     TooDeep,
+    /// More values and keys than [`json::MAX_VALUES`] (no manifest has so many).
+    TooManyValues,
     /// Schema 1 (signed) or an unknown `schemaVersion`.
     Schema1,
     /// Neither an image manifest nor an index, by `mediaType` and `Content-Type`.
@@ -81,11 +83,12 @@ pub enum Untouched {
 
 impl Untouched {
     /// Every reason, for defining stats up front.
-    pub const ALL: [Untouched; 16] = [
+    pub const ALL: [Untouched; 17] = [
         Untouched::TooLarge,
         Untouched::Encoded,
         Untouched::InvalidJson,
         Untouched::TooDeep,
+        Untouched::TooManyValues,
         Untouched::Schema1,
         Untouched::NotImage,
         Untouched::MediaTypeMismatch,
@@ -107,6 +110,7 @@ impl Untouched {
             Untouched::Encoded => "encoded",
             Untouched::InvalidJson => "invalid_json",
             Untouched::TooDeep => "too_deep",
+            Untouched::TooManyValues => "too_many_values",
             Untouched::Schema1 => "schema1",
             Untouched::NotImage => "not_image",
             Untouched::MediaTypeMismatch => "media_type_mismatch",
@@ -157,7 +161,7 @@ pub fn sha256_digest(bytes: &[u8]) -> String {
 #[derive(Debug)]
 pub struct Manifest<'a> {
     bytes: &'a [u8],
-    root: Node,
+    root: Node<'a>,
     /// Image or index.
     pub kind: Kind,
 }
@@ -182,6 +186,7 @@ pub fn read<'a>(
     }
     let root = json::parse(bytes).map_err(|e| match e {
         JsonError::TooDeep => Untouched::TooDeep,
+        JsonError::TooManyValues => Untouched::TooManyValues,
         JsonError::Syntax(_) | JsonError::DuplicateKey(_) => Untouched::InvalidJson,
     })?;
     if !matches!(root.value, Value::Object(_)) {
@@ -306,7 +311,7 @@ impl Manifest<'_> {
         Ok(Rewritten::new(splice(self.bytes, edits.into_iter())))
     }
 
-    fn index_entries(&self) -> Result<&[Node], Untouched> {
+    fn index_entries(&self) -> Result<&[Node<'_>], Untouched> {
         if self.kind != Kind::Index {
             return Err(Untouched::NotImage);
         }
@@ -567,7 +572,7 @@ fn push_json_string(out: &mut Vec<u8>, text: &str) -> Result<(), Untouched> {
 }
 
 /// The descriptor's digest, which must pass the grammar.
-fn descriptor_digest(descriptor: &Node) -> Result<Digest<'_>, Untouched> {
+fn descriptor_digest<'n>(descriptor: &'n Node<'_>) -> Result<Digest<'n>, Untouched> {
     let text = descriptor.get("digest").and_then(Node::as_str).ok_or(Untouched::BadDescriptor)?;
     Digest::parse(text).map_err(|_| Untouched::BadDescriptor)
 }
