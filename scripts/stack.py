@@ -357,7 +357,8 @@ _COMBINED = re.compile(
     r'^\S+ \S+ \S+ \[[^\]]*\] "(?P<method>\S+) (?P<path>\S+) [^"]*" (?P<status>\d{3}) '
     r'(?P<bytes>\d+|-) "[^"]*" "(?P<agent>[^"]*)"'
 )
-BLOB_PATH = re.compile(r"^/v2/(?P<name>.+)/blobs/(?P<digest>sha256:[0-9a-f]{64})$")
+# A blob path, with the query the filter marks a client's way back to the registry with.
+BLOB_PATH = re.compile(r"^/v2/(?P<name>[^?]+)/blobs/(?P<digest>sha256:[0-9a-f]{64})(?:\?[^?]*)?$")
 
 
 def read_access_log(path: Path) -> list[AccessRecord]:

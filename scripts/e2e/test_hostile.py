@@ -50,6 +50,8 @@ ROWS = [
     Row("unknown algorithm", path=f"/v2/demo/hello/blobs/md5:{HEX[:32]}", passed="passed_not_blob"),
     Row("sha512 of the wrong length", path=f"/v2/demo/hello/blobs/sha512:{HEX}", passed="passed_not_blob"),
     Row("a query string is ignored", path=f"/v2/demo/hello/blobs/sha256:{HEX}?x=%0d%0a", redirect="aws-eu-west-3"),
+    Row("verify_upstream's registry mark, in redirect mode", path=f"/v2/demo/hello/blobs/sha256:{HEX}?blobsteer=registry",
+        redirect="aws-eu-west-3"),
     *[Row(f"method {m}", method=m, passed="passed_method") for m in ("POST", "PUT", "DELETE", "PATCH", "OPTIONS")],
 ]  # fmt: skip
 

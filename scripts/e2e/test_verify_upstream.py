@@ -4,10 +4,11 @@ who may have a blob, the mirror serves it."""
 from __future__ import annotations
 
 import base64
+import hashlib
 import tempfile
 from pathlib import Path
 
-from harness import Snapshot, StackTestCase, blob_path, request
+from harness import BACKENDS, Snapshot, StackTestCase, blob_path, request
 
 EU = "15.236.10.20"
 MISSING = "sha256:" + "0" * 64
@@ -24,6 +25,12 @@ class VerifyUpstreamTest(StackTestCase):
 
     def blob_request(self, method: str, digest: str, *headers: tuple[str, str]):
         return request(self.stack.port("envoy"), method, blob_path(digest), [("x-forwarded-for", EU), *headers])
+
+    def answer_shape(self, method: str, digest: str, *headers: tuple[str, str]) -> tuple:
+        """What a client can see of an answer: status, headers (but the clock's) and body."""
+        status, got, body = self.blob_request(method, digest, *headers)
+        timing = ("date", "x-envoy-upstream-service-time")
+        return status, sorted((k, v) for k, v in got.items() if k not in timing), body
 
     def test_the_registry_refusal_reaches_the_client_and_nobody_is_redirected(self):
         layer = self.image.layers["linux/amd64"][1].digest
@@ -46,22 +53,85 @@ class VerifyUpstreamTest(StackTestCase):
                     asked = self.stack.registry_requests()[snapshot.registry :]
                     self.assertEqual([(r.method, r.status) for r in asked], [("HEAD", 401)])
 
-    def test_a_blob_the_mirror_lacks_goes_upstream_untouched(self):
-        # Not on the mirror (its check says 404), so the registry answers the request as sent.
+    def test_a_refusal_tells_nothing_of_the_mirror_which_hears_nothing_of_it(self):
+        """Unauthenticated requests for a blob the mirror holds and for one it lacks get the
+        same answer, and the mirror is never asked: before, the mirror was asked first (one HEAD
+        per unauthenticated request) and a blob it lacked was refused with the registry's body."""
+        self.stack.restart_envoy()  # an empty existence cache: nothing is known of either blob
+        held = self.image.layers["linux/amd64"][1].digest
+        before = {name: len(self.stack.mirror_requests(name)) for name in BACKENDS}
+        for method in ("GET", "HEAD"):
+            with self.subTest(method=method):
+                self.assertEqual(self.answer_shape(method, held), self.answer_shape(method, MISSING))
+        after = {name: len(self.stack.mirror_requests(name)) for name in BACKENDS}
+        self.assertEqual(after, before, "no mirror was asked about a refused request")
+        self.assertEqual(self.counters().get("check.sent", 0), 0)
+
+    def test_a_blob_the_registry_lacks_gets_its_404_and_the_mirror_is_not_asked(self):
         for method in ("GET", "HEAD"):
             with self.subTest(method=method):
                 before, snapshot = self.counters(), Snapshot(self.stack)
                 status, got, body = self.blob_request(method, MISSING, self.basic())
-                self.assertEqual(status, 404)
+                self.assertEqual((status, body), (404, b""))
                 self.assertNotIn("location", got)
-                if method == "GET":
-                    self.assertIn(b"BLOB_UNKNOWN", body)
                 self.assert_counted(before, {
-                    "passed_mirror_missing": 1,
-                    "backend.aws-eu-west-3.passed_mirror_missing": 1,
+                    "passed_upstream_answer": 1,
+                    "backend.aws-eu-west-3.passed_upstream_answer": 1,
                 })  # fmt: skip
                 asked = self.stack.registry_requests()[snapshot.registry :]
-                self.assertEqual([(r.method, r.status) for r in asked], [(method, 404)])
+                self.assertEqual([(r.method, r.status) for r in asked], [("HEAD", 404)])
+                self.assertEqual(self.stack.mirror_requests("aws-eu-west-3")[snapshot.mirrors["aws-eu-west-3"] :], [])
+
+    def test_a_blob_the_mirror_lacks_comes_from_the_registry_after_one_marked_redirect(self):
+        """The registry said yes, the mirror lacks the blob: a HEAD gets the registry's answer;
+        a GET (sent up as HEAD, so without bytes) is sent back to its own path, marked, and the
+        registry serves the bytes to that."""
+        self.stack.restart_envoy()
+        layer = self.image.layers["linux/amd64"][1]
+        self.hide_from_mirror(layer.digest)
+        before, snapshot = self.counters(), Snapshot(self.stack)
+        status, got, _ = self.blob_request("HEAD", layer.digest, self.basic())
+        self.assertEqual((status, got.get("content-length")), (200, str(layer.size)))
+        status, got, _ = self.blob_request("GET", layer.digest, self.basic())
+        marked = blob_path(layer.digest) + "?blobsteer=registry"
+        self.assertEqual((status, got.get("location")), (307, marked))
+        status, _, body = request(self.stack.port("envoy"), "GET", marked, [("x-forwarded-for", EU), self.basic()])
+        self.assertEqual((status, hashlib.sha256(body).hexdigest()), (200, layer.digest.removeprefix("sha256:")))
+        self.assert_counted(before, {
+            "passed_mirror_missing": 2,
+            "backend.aws-eu-west-3.passed_mirror_missing": 2,
+            "passed_registry_retry": 1,
+        })  # fmt: skip
+        self.assertEqual(self.moved_checks(before), {"check.sent": 1, "check.not_found": 1, "check.cache_absent": 1})
+        asked = self.stack.registry_requests()[snapshot.registry :]
+        self.assertEqual([(r.method, r.status) for r in asked], [("HEAD", 200), ("HEAD", 200), ("GET", 200)])
+
+        # Real clients follow the redirect with their credentials: every blob is verified, the
+        # hidden one served by the registry, the rest by the mirror.
+        snapshot = Snapshot(self.stack)
+        with tempfile.TemporaryDirectory() as dest:
+            self.stack.skopeo_copy("aws-eu-west-3", dest, credentials=self.stack.credentials)
+            self.assert_dir_copy_verified(Path(dest), self.platform_blobs())
+        self.assert_split(snapshot, layer.digest)
+        snapshot = Snapshot(self.stack)
+        self.containerd.pull(self.stack.image_ref("aws-eu-west-3"), credentials=self.stack.credentials)
+        self.assert_split(snapshot, layer.digest)
+
+    def hide_from_mirror(self, digest: str) -> None:
+        path = self.stack.mirror_blob_path("aws-eu-west-3", digest)
+        saved = path.read_bytes()
+        path.unlink()
+        self.addCleanup(path.write_bytes, saved)
+
+    def moved_checks(self, before: dict[str, int]) -> dict[str, int]:
+        after = self.counters()
+        moved = {n: after[n] - before.get(n, 0) for n in after if n.startswith("check.")}
+        return {n: v for n, v in moved.items() if v}
+
+    def assert_split(self, snapshot: Snapshot, hidden: str) -> None:
+        served = snapshot.blob_gets()
+        self.assertEqual(served["registry"], [hidden])
+        self.assertEqual(set(served["aws-eu-west-3"]), self.platform_blobs() - {hidden})
 
     def test_an_authorized_blob_request_is_redirected_once_the_registry_says_yes(self):
         layer = self.image.layers["linux/amd64"][1].digest

@@ -64,6 +64,17 @@ fn describe(config: &Config, request: &Request<'_>, xff: Option<&str>) -> Value 
     // The decision only looks at the client for blob downloads; show it for every request anyway.
     let client = client
         .unwrap_or_else(|| classify_client(config, request.forwarded_for, request.source_address));
+    // Redirect mode checks before it answers; verify_upstream checks once the upstream said yes.
+    let (check, asked, if_absent) = match &step {
+        RequestStep::Forward(plan) => {
+            let if_absent = match &plan.head_for_get {
+                Some(retry) => format!("passed_mirror_missing: a 307 back to {retry}"),
+                None => "passed_mirror_missing: the upstream's answer".to_string(),
+            };
+            (plan.check.clone(), "after_upstream_yes", if_absent)
+        }
+        _ => (check, "before_upstream", "passed_mirror_missing: upstream untouched".to_string()),
+    };
     let (action, status, location) = match step {
         RequestStep::Respond(redirect) => {
             ("redirected", Some(redirect.status), Some(redirect.location))
@@ -96,11 +107,12 @@ fn describe(config: &Config, request: &Request<'_>, xff: Option<&str>) -> Value 
         "action": action,
         "status": status,
         "location": location,
-        // With a cluster, the filter first asks the mirror; absent, the request goes upstream.
+        // With a cluster, the filter asks the mirror before anyone is sent there.
         "existence_check": check.map(|c| json!({
             "cluster": c.cluster,
             "head": format!("{}://{}{}", c.scheme, c.authority, c.path),
-            "if_absent": "passed_mirror_missing",
+            "asked": asked,
+            "if_absent": if_absent,
         })),
         // For a manifest request: whether its answer may be rewritten, and why.
         "manifest": manifest.map(|m| json!({

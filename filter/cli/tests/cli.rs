@@ -129,6 +129,40 @@ fn explain_reads_stdin_and_honours_method_path_and_source() {
 }
 
 #[test]
+fn explain_says_when_the_mirror_is_asked_and_what_follows_if_it_lacks_the_blob() {
+    let three = std::fs::read_to_string(testdata("three-backends.json")).unwrap();
+    let verify = three.replace(r#""mode": "redirect""#, r#""mode": "verify_upstream""#);
+    let config = common::tempdir().join("verify.json");
+    std::fs::write(&config, verify).unwrap();
+    let config = config.display().to_string();
+    let mut asked = vec![];
+    for (config, method) in
+        [(testdata("three-backends.json"), "GET"), (config.clone(), "GET"), (config, "HEAD")]
+    {
+        let out = blobsteer(
+            &["explain", "--config", &config, "--method", method, "--path", BLOB, "15.236.0.9"],
+            None,
+        );
+        let got = lines(&out).remove(0);
+        asked.push((
+            got["existence_check"]["asked"].clone(),
+            got["existence_check"]["if_absent"].clone(),
+        ));
+    }
+    assert_eq!(
+        asked,
+        [
+            ("before_upstream".into(), "passed_mirror_missing: upstream untouched".into()),
+            (
+                "after_upstream_yes".into(),
+                format!("passed_mirror_missing: a 307 back to {BLOB}?blobsteer=registry").into()
+            ),
+            ("after_upstream_yes".into(), "passed_mirror_missing: the upstream's answer".into()),
+        ]
+    );
+}
+
+#[test]
 fn usage_errors_exit_2() {
     assert_eq!(blobsteer(&[], None).status.code(), Some(2));
     assert_eq!(blobsteer(&["explain", "--config"], None).status.code(), Some(2));

@@ -5,7 +5,6 @@ use ipnet::IpNet;
 use serde_json::Value;
 use std::collections::HashMap;
 use std::net::IpAddr;
-use std::path::PathBuf;
 use std::process::Output;
 
 mod common;
@@ -45,7 +44,7 @@ fn fixtures_make_a_config_that_check_accepts_and_explain_routes() {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let again = ranges(&files, &[]);
     assert_eq!(out.stdout, again.stdout, "same input, same bytes");
-    let dir = tempdir();
+    let dir = common::tempdir();
     let config = dir.join("config.json");
     std::fs::write(&config, &out.stdout).unwrap();
     let config = config.display().to_string();
@@ -97,7 +96,7 @@ fn previous_refuses_a_refresh_that_drops_too_many_prefixes() {
     ];
     let full = ranges(&all, &[]);
     assert!(full.status.success());
-    let dir = tempdir();
+    let dir = common::tempdir();
     let previous = dir.join("previous.json").display().to_string();
     std::fs::write(&previous, &full.stdout).unwrap();
     // The same files again: nothing dropped, the config as without --previous.
@@ -154,7 +153,7 @@ fn real_provider_files_route_every_edge_address_to_its_published_region() {
     ];
     let out = ranges(&files, &[]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let dir = tempdir();
+    let dir = common::tempdir();
     let config = dir.join("full.json");
     std::fs::write(&config, &out.stdout).unwrap();
 
@@ -245,14 +244,4 @@ fn published_prefixes(files: &[(&str, String)]) -> Vec<(IpNet, String)> {
         }
     }
     out
-}
-
-fn tempdir() -> PathBuf {
-    let dir = std::env::temp_dir().join(format!(
-        "blobsteer-cli-test-{}-{:?}",
-        std::process::id(),
-        std::thread::current().id()
-    ));
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
 }

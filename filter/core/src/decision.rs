@@ -6,6 +6,7 @@
 use crate::cidr_table::Entry;
 use crate::client_ip::ClientIpSource;
 use crate::config::{Backend, BlobMode, Config, Target, REDIRECT_STATUSES};
+use crate::digest::Digest;
 use crate::existence::CheckRequest;
 use crate::registry_path::{Reference, RegistryPath};
 use ipnet::IpNet;
@@ -120,6 +121,10 @@ pub enum Action {
     PassedRequestBody,
     /// A manifest asked for by a digest the filter did not produce (a pinned pull): untouched.
     PassedPinnedManifest,
+    /// `verify_upstream`: a blob `GET` back from the filter's own redirect to the registry (the
+    /// upstream said yes, the client's mirror lacked the blob), marked with [`REGISTRY_MARK`]:
+    /// untouched, so the registry serves the bytes.
+    PassedRegistryRetry,
     /// A manifest was rewritten for the client's backend.
     ManifestRewritten,
     /// A manifest was left as the upstream sent it (the reason has its own counter).
@@ -130,7 +135,7 @@ pub enum Action {
 
 impl Action {
     /// Every action, for defining stats up front.
-    pub const ALL: [Action; 15] = [
+    pub const ALL: [Action; 16] = [
         Action::Redirected,
         Action::LocationRewritten,
         Action::PassedUpstreamAnswer,
@@ -143,6 +148,7 @@ impl Action {
         Action::PassedMirrorMissing,
         Action::PassedRequestBody,
         Action::PassedPinnedManifest,
+        Action::PassedRegistryRetry,
         Action::ManifestRewritten,
         Action::ManifestUntouched,
         Action::ManifestServedByDigest,
@@ -172,12 +178,21 @@ impl Action {
             Action::PassedMirrorMissing => "passed_mirror_missing",
             Action::PassedRequestBody => "passed_request_body",
             Action::PassedPinnedManifest => "passed_pinned_manifest",
+            Action::PassedRegistryRetry => "passed_registry_retry",
             Action::ManifestRewritten => "manifest_rewritten",
             Action::ManifestUntouched => "manifest_untouched",
             Action::ManifestServedByDigest => "manifest_served_by_digest",
         }
     }
 }
+
+/// The query parameter that marks the filter's redirect of a client back to the registry
+/// (`verify_upstream`, when the upstream said yes but the mirror lacks the blob): the marked
+/// request is passed untouched, so it gets the registry's bytes rather than the same redirect.
+pub const REGISTRY_MARK: &str = "blobsteer=registry";
+
+/// The status of that redirect: temporary, since the mirror will hold the blob later.
+pub const REGISTRY_RETRY_STATUS: u16 = 307;
 
 /// A redirect the filter answers with itself.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -209,7 +224,7 @@ impl RequestStep {
     /// the access log then needs the client's own request, which the filter records.
     pub fn changes_request(&self) -> bool {
         match self {
-            RequestStep::Forward(plan) => plan.send_as_head,
+            RequestStep::Forward(plan) => plan.send_as_head(),
             RequestStep::RewriteManifest(plan) => plan.send_as_get,
             RequestStep::LookupRewritten(_) => true,
             RequestStep::Respond(_) | RequestStep::Pass(_) => false,
@@ -249,24 +264,32 @@ pub struct Decision {
     pub client: Option<ClientMatch>,
     /// What happens next.
     pub step: RequestStep,
-    /// When the client's backend is checked before anyone is sent there: the check, whose
-    /// answer decides between `step` (present) and going upstream untouched (absent).
+    /// When the client's backend is checked before a redirect is answered (blob mode
+    /// `redirect`): the check, whose answer decides between `step` (present) and going upstream
+    /// untouched (absent). A forwarded request's check is in its [`ResponsePlan`]: it is asked
+    /// after the upstream, not before.
     pub check: Option<CheckRequest>,
 }
 
-/// How to judge the upstream's answer to a forwarded blob request.
+/// How to judge the upstream's answer to a blob request forwarded in `verify_upstream` mode.
+///
+/// The upstream is asked first and always the same way, whatever the mirror holds: a refusal
+/// then cannot tell a client what the mirror has, and the mirror is asked only about requests
+/// the upstream said yes to.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ResponsePlan {
     /// The backend the client belongs to.
     pub backend: usize,
     /// The backend's URL for the blob.
     pub location: String,
-    /// `verify_upstream`: an upstream `200` becomes a redirect to the backend.
-    pub verify: bool,
-    /// The client's `GET` is sent upstream as `HEAD`, so the blob itself is never transferred.
-    pub send_as_head: bool,
+    /// When the client asked `GET`: it goes upstream as `HEAD`, so the blob itself is never
+    /// transferred, and this is the client's blob path marked with [`REGISTRY_MARK`], where the
+    /// client is sent back for the registry's bytes if its mirror lacks the blob.
+    pub head_for_get: Option<String>,
     /// Status of the redirects the filter sends.
     pub redirect_status: u16,
+    /// The backend's existence check, asked only once the upstream has said yes.
+    pub check: Option<CheckRequest>,
 }
 
 /// What to do with the upstream's response headers.
@@ -287,27 +310,71 @@ pub struct ResponseDecision {
     pub action: Action,
     /// What to do.
     pub step: ResponseStep,
-    /// The request went up as `HEAD` but the client asked `GET`: a kept response has no body, so
-    /// its `content-length` must say 0 or an HTTP/1.1 client waits for bytes that never come.
-    pub zero_content_length: bool,
+    /// The backend it is counted for.
+    pub backend: usize,
+    /// The request went up as `HEAD` but the client asked `GET`.
+    pub sent_as_head: bool,
+}
+
+impl ResponseDecision {
+    /// Whether a kept response must say `content-length: 0`: it answers a `HEAD` sent for a
+    /// `GET`, so it has no body, and an HTTP/1.1 client would wait for bytes that never come.
+    pub fn zero_content_length(&self) -> bool {
+        self.sent_as_head && !matches!(self.step, ResponseStep::Respond(_))
+    }
+}
+
+/// What the upstream's answer to a forwarded blob request leads to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    /// Decided by the status alone.
+    Decided(ResponseDecision),
+    /// The upstream said yes for a backend that is checked: `present` if the check finds the
+    /// blob on the mirror, `absent` otherwise (or if the check fails).
+    Checked {
+        /// The check to ask (or whose cached answer to read).
+        check: CheckRequest,
+        /// The steering decision.
+        present: ResponseDecision,
+        /// The upstream's answer as the client asked it: a `GET` that went up as `HEAD` is sent
+        /// back to its own path, marked, for the registry's bytes; anything else is kept.
+        absent: ResponseDecision,
+    },
 }
 
 impl ResponsePlan {
-    /// Judges the upstream's status. A `206` is the upstream saying yes to a `Range` request
-    /// (containerd resumes a layer that way): it becomes the redirect too, and the client asks
-    /// the mirror for the same range; passed on, it would be a `206` without its bytes.
-    pub fn decide(&self, status: u16) -> ResponseDecision {
-        let (action, step) = if self.verify && matches!(status, 200 | 206) {
-            let redirect =
-                Redirect { status: self.redirect_status, location: self.location.clone() };
-            (Action::Redirected, ResponseStep::Respond(redirect))
+    /// Whether the client's `GET` goes upstream as `HEAD`.
+    pub fn send_as_head(&self) -> bool {
+        self.head_for_get.is_some()
+    }
+
+    /// Judges the upstream's status. A `200` is its yes, and so is a `206`: the answer to a
+    /// `Range` request (containerd resumes a layer that way); it becomes the redirect too, and
+    /// the client asks the mirror for the same range (passed on, it would be a `206` without
+    /// its bytes). A redirect is a yes whose `Location` is rewritten. Anything else is a refusal,
+    /// kept as it is, and the mirror is not asked.
+    pub fn judge(self, status: u16) -> Verdict {
+        let sent_as_head = self.send_as_head();
+        let backend = self.backend;
+        let decided = |action, step| ResponseDecision { action, step, backend, sent_as_head };
+        let present = if matches!(status, 200 | 206) {
+            let redirect = Redirect { status: self.redirect_status, location: self.location };
+            decided(Action::Redirected, ResponseStep::Respond(redirect))
         } else if REDIRECT_STATUSES.contains(&status) {
-            (Action::LocationRewritten, ResponseStep::RewriteLocation(self.location.clone()))
+            decided(Action::LocationRewritten, ResponseStep::RewriteLocation(self.location))
         } else {
-            (Action::PassedUpstreamAnswer, ResponseStep::Pass)
+            return Verdict::Decided(decided(Action::PassedUpstreamAnswer, ResponseStep::Pass));
         };
-        let replaced = matches!(step, ResponseStep::Respond(_));
-        ResponseDecision { action, step, zero_content_length: self.send_as_head && !replaced }
+        let Some(check) = self.check else {
+            return Verdict::Decided(present);
+        };
+        let step = match (&present.step, self.head_for_get) {
+            (ResponseStep::Respond(_), Some(retry)) => {
+                ResponseStep::Respond(Redirect { status: REGISTRY_RETRY_STATUS, location: retry })
+            }
+            _ => ResponseStep::Pass,
+        };
+        Verdict::Checked { check, present, absent: decided(Action::PassedMirrorMissing, step) }
     }
 }
 
@@ -352,12 +419,29 @@ pub fn classify_client(
 /// What `:path` leads to (the first half of [`decide_request`]).
 pub fn route<'a>(config: &Config, path: &'a str) -> Route<'a> {
     match RegistryPath::parse(path) {
+        RegistryPath::Blob { .. }
+            if config.blobs.mode == BlobMode::VerifyUpstream && is_registry_retry(path) =>
+        {
+            Route::Pass(Action::PassedRegistryRetry)
+        }
         blob @ RegistryPath::Blob { .. } => Route::Registry(blob),
         manifest @ RegistryPath::Manifest { .. } if config.manifests.rewrite => {
             Route::Registry(manifest)
         }
         _ => Route::Pass(Action::PassedNotBlob),
     }
+}
+
+/// Whether the query of `path` carries [`REGISTRY_MARK`] as one of its parameters.
+fn is_registry_retry(path: &str) -> bool {
+    path.split_once('?').is_some_and(|(_, query)| query.split('&').any(|p| p == REGISTRY_MARK))
+}
+
+/// Where a client whose mirror lacks a blob gets it from the registry: its blob path, rebuilt
+/// from the parsed parts (so nothing of the client's own query or encoding survives) and marked.
+/// A path, not a URL: the client stays on the host it asked.
+fn registry_retry(repository: &str, digest: Digest<'_>) -> String {
+    format!("/v2/{repository}/blobs/{}?{REGISTRY_MARK}", digest.as_str())
 }
 
 /// Decides what to do with a request, from its headers alone.
@@ -399,19 +483,22 @@ pub fn decide_route(config: &Config, route: Route<'_>, request: &Request<'_>) ->
             None => RequestStep::Pass(Action::PassedNoBackend),
             Some(b) => {
                 let location = b.blob_url.render(repository, digest);
-                check = blob_check(config, b, &location);
+                let backend_check = blob_check(config, b, &location);
                 match config.blobs.mode {
                     BlobMode::VerifyUpstream => RequestStep::Forward(ResponsePlan {
                         backend,
                         location,
-                        verify: true,
-                        send_as_head: !is_head,
+                        head_for_get: (!is_head).then(|| registry_retry(repository, digest)),
                         redirect_status: config.blobs.redirect_status,
+                        check: backend_check,
                     }),
-                    _ => RequestStep::Respond(Redirect {
-                        status: config.blobs.redirect_status,
-                        location,
-                    }),
+                    _ => {
+                        check = backend_check;
+                        RequestStep::Respond(Redirect {
+                            status: config.blobs.redirect_status,
+                            location,
+                        })
+                    }
                 }
             }
         },
@@ -592,27 +679,87 @@ mod tests {
         let c = config("verify_upstream");
         let d = decide_request(&c, &request("GET", BLOB, &["2a05:d012::1"]));
         let RequestStep::Forward(plan) = d.step else { panic!("{d:?}") };
-        assert!(plan.verify && plan.send_as_head);
+        assert!(plan.send_as_head() && plan.check.is_none() && d.check.is_none());
+        let judge = |status| match plan.clone().judge(status) {
+            Verdict::Decided(decision) => decision,
+            checked => panic!("{checked:?}"),
+        };
         for yes in [200, 206] {
-            let ok = plan.decide(yes);
+            let ok = judge(yes);
             assert_eq!(ok.action, Action::Redirected, "{yes}");
             assert!(matches!(ok.step, ResponseStep::Respond(Redirect { status: 307, .. })));
-            assert!(!ok.zero_content_length);
+            assert!(!ok.zero_content_length());
         }
-        let moved = plan.decide(307);
+        let moved = judge(307);
         assert_eq!(moved.step, ResponseStep::RewriteLocation(plan.location.clone()));
-        assert!(moved.zero_content_length);
+        assert!(moved.zero_content_length());
         for refused in [401, 403, 404, 416, 500, 503] {
-            let r = plan.decide(refused);
-            assert_eq!(
-                (r.action, r.step, r.zero_content_length),
-                (Action::PassedUpstreamAnswer, ResponseStep::Pass, true)
-            );
+            let r = judge(refused);
+            assert_eq!((r.action, &r.step), (Action::PassedUpstreamAnswer, &ResponseStep::Pass));
+            assert!(r.zero_content_length());
         }
         let head = decide_request(&c, &request("HEAD", BLOB, &["15.236.0.1"]));
         let RequestStep::Forward(plan) = head.step else { panic!() };
-        assert!(!plan.send_as_head);
-        assert!(!plan.decide(401).zero_content_length);
+        assert!(!plan.send_as_head());
+        let Verdict::Decided(refused) = plan.judge(401) else { panic!() };
+        assert!(!refused.zero_content_length());
+    }
+
+    fn checked_verify_upstream() -> Config {
+        let json = r#"{"backends": [{"name": "eu", "blob_url": "http://eu.example/b/{digest}", "cidrs": ["15.236.0.0/15"], "cluster": "mirror_eu"}],
+                       "blobs": {"mode": "verify_upstream"}}"#;
+        Config::from_json(json.as_bytes()).unwrap()
+    }
+
+    #[test]
+    fn verify_upstream_asks_the_mirror_only_after_the_upstream_said_yes() {
+        let c = checked_verify_upstream();
+        let retry = format!("{}?blobsteer=registry", &BLOB);
+        for (method, query) in [("GET", ""), ("HEAD", ""), ("GET", "?x=1&y")] {
+            let path = format!("{BLOB}{query}");
+            let d = decide_request(&c, &request(method, &path, &["15.236.10.20"]));
+            assert_eq!(d.check, None, "nothing is asked before the upstream");
+            let RequestStep::Forward(plan) = d.step else { panic!("{d:?}") };
+            assert_eq!(plan.head_for_get.as_deref(), (method == "GET").then_some(retry.as_str()));
+            // A refusal is decided without the mirror, the same whatever it holds.
+            for refused in [401, 403, 404, 500] {
+                let Verdict::Decided(r) = plan.clone().judge(refused) else { panic!() };
+                assert_eq!((r.action, r.step), (Action::PassedUpstreamAnswer, ResponseStep::Pass));
+            }
+            for yes in [200, 206, 302, 307] {
+                let Verdict::Checked { check, present, absent } = plan.clone().judge(yes) else {
+                    panic!("{yes}")
+                };
+                assert_eq!(check.path, format!("/b/{}", &BLOB[21..]));
+                assert!(matches!(present.action, Action::Redirected | Action::LocationRewritten));
+                assert_eq!(absent.action, Action::PassedMirrorMissing);
+                let back = Redirect { status: 307, location: retry.clone() };
+                let want = match (method, yes) {
+                    ("GET", 200 | 206) => ResponseStep::Respond(back),
+                    _ => ResponseStep::Pass,
+                };
+                assert_eq!(absent.step, want, "{method} {yes}");
+                assert_eq!(absent.zero_content_length(), method == "GET" && yes >= 300);
+            }
+        }
+    }
+
+    #[test]
+    fn the_marked_retry_goes_to_the_registry_untouched() {
+        let c = checked_verify_upstream();
+        for path in [format!("{BLOB}?blobsteer=registry"), format!("{BLOB}?a=b&blobsteer=registry")]
+        {
+            let d = decide_request(&c, &request("GET", &path, &["15.236.10.20"]));
+            assert_eq!(d.step, RequestStep::Pass(Action::PassedRegistryRetry), "{path}");
+        }
+        // Only the exact parameter, only in verify_upstream mode (the only mode that sends it).
+        for path in [format!("{BLOB}?blobsteer=registryx"), format!("{BLOB}?xblobsteer=registry")] {
+            let d = decide_request(&c, &request("GET", &path, &["15.236.10.20"]));
+            assert!(matches!(d.step, RequestStep::Forward(_)), "{path}");
+        }
+        let marked = format!("{BLOB}?blobsteer=registry");
+        let d = decide_request(&config("redirect"), &request("GET", &marked, &["15.236.10.20"]));
+        assert!(matches!(d.step, RequestStep::Respond(_)));
     }
 
     #[test]

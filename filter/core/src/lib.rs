@@ -19,6 +19,6 @@ pub mod url_template;
 
 pub use config::{Backend, BlobMode, Config, ConfigError, ConfigErrors, Target};
 pub use decision::{
-    Action, ClientMatch, Decision, DigestLookup, ManifestPlan, Request, RequestStep,
-    ResponseDecision, ResponsePlan, ResponseStep, Route,
+    Action, ClientMatch, Decision, DigestLookup, ManifestPlan, Redirect, Request, RequestStep,
+    ResponseDecision, ResponsePlan, ResponseStep, Route, Verdict,
 };

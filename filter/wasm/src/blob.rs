@@ -1,9 +1,14 @@
 //! Blob steering in the stream: a redirect answered at once, or a request sent upstream whose
 //! answer is judged by the core's [`ResponsePlan`] (`verify_upstream`, `Location` rewriting).
 
+use crate::check_registry::{Judged, Then};
 use crate::host::Host;
 use crate::vm::Vm;
-use blobsteer_core::{Action, ClientMatch, RequestStep, ResponsePlan, ResponseStep};
+use blobsteer_core::existence::CheckRequest;
+use blobsteer_core::{
+    Action, ClientMatch, Redirect, RequestStep, ResponseDecision, ResponsePlan, ResponseStep,
+    Verdict,
+};
 use proxy_wasm::types::Action as HostAction;
 
 /// A blob request sent upstream: its answer is judged when the response headers come.
@@ -11,6 +16,23 @@ use proxy_wasm::types::Action as HostAction;
 pub struct Forwarded {
     plan: ResponsePlan,
     client: ClientMatch,
+}
+
+/// What the upstream's answer to a forwarded request leads to in the stream.
+#[derive(Debug)]
+pub enum Answered {
+    /// Carried out; the stream goes on with this.
+    Done(HostAction),
+    /// The upstream said yes, and the client's backend is checked: what to do depends on the
+    /// check, asked now (the mirror hears only of requests the upstream said yes to).
+    Check {
+        /// The check.
+        check: Box<CheckRequest>,
+        /// What to do with its answer.
+        then: Then,
+        /// The client.
+        client: ClientMatch,
+    },
 }
 
 /// Carries out a steering step on the current stream (the blob is known to be there, or its
@@ -21,24 +43,16 @@ pub fn steer<H: Host>(
     step: RequestStep,
     client: ClientMatch,
 ) -> (HostAction, Option<Forwarded>) {
-    let backend = client.backend();
     match step {
-        RequestStep::Respond(redirect) => {
-            let description = vm.describe(Action::Redirected, Some(&client));
-            if vm.redirect(redirect.status, &redirect.location, description.as_deref()) {
-                vm.count(Action::Redirected, backend);
-                return (HostAction::Pause, None);
-            }
-            (HostAction::Continue, None)
-        }
+        RequestStep::Respond(redirect) => (send_redirect(vm, &redirect, &client), None),
         RequestStep::Forward(plan) => {
-            if plan.send_as_head && !vm.set_request_header(":method", "HEAD") {
+            if plan.send_as_head() && !vm.set_request_header(":method", "HEAD") {
                 return (HostAction::Continue, None);
             }
-            (HostAction::Continue, Some(Forwarded::new(plan, client)))
+            (HostAction::Continue, Some(Forwarded { plan, client }))
         }
         RequestStep::Pass(action) => {
-            vm.count(action, backend);
+            vm.count(action, client.backend());
             (HostAction::Continue, None)
         }
         // Manifest steps are not blob steering; the stream hands them to `manifest`.
@@ -48,42 +62,60 @@ pub fn steer<H: Host>(
     }
 }
 
-impl Forwarded {
-    /// A request forwarded with `plan`, for `client`.
-    pub fn new(plan: ResponsePlan, client: ClientMatch) -> Self {
-        Forwarded { plan, client }
+/// Answers the current request with the redirect to the client's backend, counted; if the host
+/// refuses, the request goes upstream untouched.
+pub fn send_redirect<H: Host>(vm: &Vm<H>, redirect: &Redirect, client: &ClientMatch) -> HostAction {
+    let description = vm.describe(Action::Redirected, Some(client));
+    if vm.redirect(redirect.status, &redirect.location, description.as_deref()) {
+        vm.count(Action::Redirected, client.backend());
+        return HostAction::Pause;
     }
+    HostAction::Continue
+}
 
-    /// The upstream answered: redirect, rewrite `Location`, or pass.
-    pub fn on_response<H: Host>(self, vm: &Vm<H>) -> HostAction {
+/// Carries out a decision on the current stream's response headers.
+pub fn apply<H: Host>(vm: &Vm<H>, decision: &ResponseDecision, client: &ClientMatch) -> HostAction {
+    let description = vm.describe(decision.action, Some(client));
+    match &decision.step {
+        ResponseStep::Respond(redirect) => {
+            if vm.redirect(redirect.status, &redirect.location, description.as_deref()) {
+                vm.count(decision.action, Some(decision.backend));
+                return HostAction::Pause;
+            }
+            // Could not replace it: keep the upstream's answer, made whole for a GET.
+            if decision.sent_as_head {
+                vm.set_response_header("content-length", Some("0"));
+            }
+            vm.count(Action::PassedUpstreamAnswer, Some(decision.backend));
+            return HostAction::Continue;
+        }
+        ResponseStep::RewriteLocation(location) => {
+            vm.set_response_header("location", Some(location));
+        }
+        ResponseStep::Pass => {}
+    }
+    if decision.zero_content_length() {
+        vm.set_response_header("content-length", Some("0"));
+    }
+    vm.count(decision.action, Some(decision.backend));
+    if let Some(text) = description {
+        vm.add_decision_header(&text);
+    }
+    HostAction::Continue
+}
+
+impl Forwarded {
+    /// The upstream answered: redirect, rewrite `Location`, or pass; or, for a checked backend
+    /// the upstream said yes for, ask its check first.
+    pub fn on_response<H: Host>(self, vm: &Vm<H>) -> Answered {
         let Forwarded { plan, client } = self;
-        let decision = plan.decide(vm.response_status().unwrap_or(0));
-        let description = vm.describe(decision.action, Some(&client));
-        match &decision.step {
-            ResponseStep::Respond(redirect) => {
-                if vm.redirect(redirect.status, &redirect.location, description.as_deref()) {
-                    vm.count(decision.action, Some(plan.backend));
-                    return HostAction::Pause;
-                }
-                // Could not replace it: keep the upstream's answer, made whole for a GET.
-                if plan.send_as_head {
-                    vm.set_response_header("content-length", Some("0"));
-                }
-                vm.count(Action::PassedUpstreamAnswer, Some(plan.backend));
-                return HostAction::Continue;
-            }
-            ResponseStep::RewriteLocation(location) => {
-                vm.set_response_header("location", Some(location));
-            }
-            ResponseStep::Pass => {}
+        match plan.judge(vm.response_status().unwrap_or(0)) {
+            Verdict::Decided(decision) => Answered::Done(apply(vm, &decision, &client)),
+            Verdict::Checked { check, present, absent } => Answered::Check {
+                check: Box::new(check),
+                then: Then::Judge(Box::new(Judged { present, absent })),
+                client,
+            },
         }
-        if decision.zero_content_length {
-            vm.set_response_header("content-length", Some("0"));
-        }
-        vm.count(decision.action, Some(plan.backend));
-        if let Some(text) = description {
-            vm.add_decision_header(&text);
-        }
-        HostAction::Continue
     }
 }

@@ -1,28 +1,32 @@
-//! Existence checks in the stream: a request for a backend with a `cluster` is steered only to a
-//! mirror known to hold the blob, from the shared cache or after a `HEAD` to the mirror.
+//! Existence checks in the stream: a client is steered to a mirror only once the mirror is
+//! known to hold the blob, from the shared cache or after a `HEAD` to the mirror. In blob mode
+//! `redirect` the stream is held in its request phase; in `verify_upstream`, in its response
+//! phase, once the upstream said yes (so the mirror hears nothing of the requests the upstream
+//! refuses, and a refusal looks the same whatever the mirror holds).
 //!
 //! One check per blob and backend is in flight per VM: a second request for the same blob waits
 //! for the first one's answer. The stream that sent the check receives the answer (callouts
 //! come back to their sender), caches it, and releases every waiter, itself first, by making
-//! each one the effective context in turn. A waiter reads what it was told in its response
-//! phase. A sender that ends before the answer releases its waiters upstream at once.
+//! each one the effective context in turn. A sender that ends before the answer releases its
+//! waiters at once, as if the mirror lacked the blob.
 
-use crate::blob::{self, Forwarded};
+use crate::blob;
 use crate::callout::{Answer, Callouts, Purpose};
-use crate::check_registry::Waiter;
+use crate::check_registry::{Then, Waiter};
 use crate::host::Host;
 use crate::metrics::CheckEvent;
 use crate::vm::Vm;
 use blobsteer_core::existence::{CheckOutcome, CheckRequest, Known};
-use blobsteer_core::{Action, ClientMatch, RequestStep};
+use blobsteer_core::{Action, ClientMatch};
 use proxy_wasm::types::Action as HostAction;
 use std::time::Duration;
 
-/// A stream held for a check: what it does once the answer is known.
+/// A stream held for a check (or released by one, in its request phase).
 #[derive(Debug)]
 pub struct Held {
-    step: RequestStep,
     client: ClientMatch,
+    /// Held in the response phase (`verify_upstream`), else in the request phase.
+    in_response: bool,
     /// The check this stream sent, until it answers (`None`: it waits for another's).
     sent: Option<CheckRequest>,
 }
@@ -30,12 +34,12 @@ pub struct Held {
 /// What a stream becomes once it asked for a check.
 #[derive(Debug)]
 pub enum Outcome {
-    /// The cache knew the blob is there: steered now (and judged upstream, if forwarded).
-    Steered(Option<Forwarded>),
+    /// Carried out at once, from the cache: nothing is left for later.
+    Done,
     /// Held for the answer.
     Held(Held),
-    /// The mirror lacks the blob, or cannot be asked: upstream untouched, with the decision
-    /// header's value if one is configured.
+    /// In the request phase, the mirror lacks the blob or cannot be asked: upstream untouched,
+    /// with the decision header's value if one is configured.
     Passed(Option<String>),
 }
 
@@ -44,32 +48,29 @@ pub fn cached<H: Host>(vm: &Vm<H>, check: &CheckRequest) -> Option<Known> {
     check.read(vm.host.shared(&check.cache_key).as_deref(), vm.host.now_s())
 }
 
-/// Steers only to a mirror known to hold the blob: from the cache, or after a check (sent by
-/// this stream, or already in flight for another one of this VM).
+/// Does `then` once the mirror is known to hold the blob of `check`: from the cache, or after
+/// a check (sent by this stream, or already in flight for another one of this VM).
 pub fn start<H: Host>(
     vm: &Vm<H>,
     context_id: u32,
     callouts: &mut Callouts,
-    step: RequestStep,
+    then: Then,
     client: ClientMatch,
     check: CheckRequest,
 ) -> (HostAction, Outcome) {
-    match cached(vm, &check) {
-        Some(Known::Present) => {
-            vm.metrics.count_check(&vm.host, CheckEvent::CachePresent);
-            let (next, forwarded) = blob::steer(vm, step, client);
-            return (next, Outcome::Steered(forwarded));
-        }
-        Some(Known::Absent) => {
-            vm.metrics.count_check(&vm.host, CheckEvent::CacheAbsent);
-            return (HostAction::Continue, passed_mirror_missing(vm, client));
-        }
-        None => {}
+    if let Some(known) = cached(vm, &check) {
+        let event = match known {
+            Known::Present => CheckEvent::CachePresent,
+            Known::Absent => CheckEvent::CacheAbsent,
+        };
+        vm.metrics.count_check(&vm.host, event);
+        return settle(vm, then, client, known);
     }
-    let waiter = Waiter { context_id, step: step.clone(), client };
+    let in_response = then.in_response();
+    let waiter = Waiter { context_id, then, client };
     let Err(waiter) = vm.checks.borrow_mut().join(&check.entry_id, waiter) else {
         vm.metrics.count_check(&vm.host, CheckEvent::Coalesced);
-        return (HostAction::Pause, Outcome::Held(Held { step, client, sent: None }));
+        return (HostAction::Pause, Outcome::Held(Held { client, in_response, sent: None }));
     };
     let headers = [
         (":method", "HEAD"),
@@ -83,7 +84,7 @@ pub fn start<H: Host>(
             vm.metrics.count_check(&vm.host, CheckEvent::Sent);
             callouts.record(token, Purpose::Check);
             vm.checks.borrow_mut().begin(&check.entry_id, waiter);
-            (HostAction::Pause, Outcome::Held(Held { step, client, sent: Some(check) }))
+            (HostAction::Pause, Outcome::Held(Held { client, in_response, sent: Some(check) }))
         }
         Err(refused) => {
             if vm.checks.borrow_mut().first_failure(&check.cluster) {
@@ -94,14 +95,39 @@ pub fn start<H: Host>(
                 );
             }
             vm.metrics.count_check(&vm.host, CheckEvent::NotSent);
-            (HostAction::Continue, passed_mirror_missing(vm, client))
+            settle(vm, waiter.then, client, Known::Absent)
         }
     }
 }
 
-fn passed_mirror_missing<H: Host>(vm: &Vm<H>, client: ClientMatch) -> Outcome {
-    vm.count(Action::PassedMirrorMissing, client.backend());
-    Outcome::Passed(vm.describe(Action::PassedMirrorMissing, Some(&client)))
+/// Carries out `then` on the current stream with what is known now.
+fn settle<H: Host>(
+    vm: &Vm<H>,
+    then: Then,
+    client: ClientMatch,
+    known: Known,
+) -> (HostAction, Outcome) {
+    let next = carry_out(vm, &then, &client, known);
+    let outcome = match (then, known) {
+        (Then::Redirect(_), Known::Absent) => {
+            Outcome::Passed(vm.describe(Action::PassedMirrorMissing, Some(&client)))
+        }
+        _ => Outcome::Done,
+    };
+    (next, outcome)
+}
+
+/// Carries out what a held stream does once `known`, on the host's current stream.
+fn carry_out<H: Host>(vm: &Vm<H>, then: &Then, client: &ClientMatch, known: Known) -> HostAction {
+    match (then, known) {
+        (Then::Redirect(redirect), Known::Present) => blob::send_redirect(vm, redirect, client),
+        (Then::Redirect(_), Known::Absent) => {
+            vm.count(Action::PassedMirrorMissing, client.backend());
+            HostAction::Continue
+        }
+        (Then::Judge(judged), Known::Present) => blob::apply(vm, &judged.present, client),
+        (Then::Judge(judged), Known::Absent) => blob::apply(vm, &judged.absent, client),
+    }
 }
 
 impl Held {
@@ -121,15 +147,13 @@ impl Held {
         restore(vm, context_id);
     }
 
-    /// The response of a held stream: judged if it was forwarded to a mirror that has the
-    /// blob; otherwise it is the redirect going out, or the request that went upstream.
+    /// The response of a stream held in its request phase: the redirect going out, or the
+    /// request that went upstream, which gets the decision header.
     pub fn on_response<H: Host>(self, vm: &Vm<H>, context_id: u32) -> HostAction {
         let known = vm.checks.borrow_mut().told(context_id);
-        match (known, self.step) {
-            (Some(Known::Present), RequestStep::Forward(plan)) => {
-                Forwarded::new(plan, self.client).on_response(vm)
-            }
-            (Some(Known::Present), _) => HostAction::Continue,
+        match known {
+            Some(Known::Present) => HostAction::Continue,
+            _ if self.in_response => HostAction::Continue,
             _ => {
                 if let Some(text) = vm.describe(Action::PassedMirrorMissing, Some(&self.client)) {
                     vm.add_decision_header(&text);
@@ -137,6 +161,15 @@ impl Held {
                 HostAction::Continue
             }
         }
+    }
+
+    /// A response body callback of a stream held in its response phase: it stays held until
+    /// the check answers (continuing here would let the headers go before the answer).
+    pub fn on_response_body<H: Host>(&self, vm: &Vm<H>, context_id: u32) -> HostAction {
+        if self.in_response && !vm.checks.borrow().was_told(context_id) {
+            return HostAction::Pause;
+        }
+        HostAction::Continue
     }
 
     /// A stream that ends while its check is in flight takes the check with it (Envoy cancels
@@ -153,8 +186,7 @@ pub fn forget<H: Host>(vm: &Vm<H>, context_id: u32) {
     vm.checks.borrow_mut().told(context_id);
 }
 
-/// Lets the waiters of a check go on with its answer: steered if the blob is there, upstream
-/// untouched otherwise. Each is acted on as the host's effective context; one that is gone is
+/// Lets the waiters of a check go on with its answer. Each is acted on as the host's effective context; one that is gone is
 /// skipped.
 fn release<H: Host>(vm: &Vm<H>, entry_id: &str, which: impl Fn(&Waiter) -> bool, known: Known) {
     let waiters = vm.checks.borrow_mut().finish(entry_id);
@@ -163,17 +195,16 @@ fn release<H: Host>(vm: &Vm<H>, entry_id: &str, which: impl Fn(&Waiter) -> bool,
             continue;
         }
         vm.checks.borrow_mut().tell(waiter.context_id, known);
-        let next = match known {
-            Known::Present => blob::steer(vm, waiter.step, waiter.client).0,
-            Known::Absent => {
-                vm.count(Action::PassedMirrorMissing, waiter.client.backend());
-                HostAction::Continue
-            }
+        if carry_out(vm, &waiter.then, &waiter.client, known) != HostAction::Continue {
+            continue;
+        }
+        let resumed = if waiter.then.in_response() {
+            vm.host.resume_response()
+        } else {
+            vm.host.resume_request()
         };
-        if next == HostAction::Continue {
-            if let Err(refused) = vm.host.resume_request() {
-                log::warn!("cannot resume a request after its check: {refused:?}");
-            }
+        if let Err(refused) = resumed {
+            log::warn!("cannot resume a stream after its check: {refused:?}");
         }
     }
 }

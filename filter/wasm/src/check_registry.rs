@@ -3,16 +3,42 @@
 //! Only `check` changes it, through these methods.
 
 use blobsteer_core::existence::Known;
-use blobsteer_core::{ClientMatch, RequestStep};
+use blobsteer_core::{ClientMatch, Redirect, ResponseDecision};
 use std::collections::{HashMap, HashSet};
 
-/// A stream held until a check answers, with what it will do if the blob is there.
+/// What a stream held for a check does with its answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Then {
+    /// Blob mode `redirect`, held in the request phase: this redirect if the blob is there,
+    /// upstream untouched otherwise.
+    Redirect(Redirect),
+    /// `verify_upstream`, held in the response phase once the upstream said yes.
+    Judge(Box<Judged>),
+}
+
+/// The two decisions on a response held for a check.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Judged {
+    /// If the blob is there: the steering decision.
+    pub present: ResponseDecision,
+    /// Otherwise: the upstream's own answer (or the client sent back to the registry).
+    pub absent: ResponseDecision,
+}
+
+impl Then {
+    /// Whether the stream is held in its response phase (else in its request phase).
+    pub fn in_response(&self) -> bool {
+        matches!(self, Then::Judge(_))
+    }
+}
+
+/// A stream held until a check answers, with what it will do then.
 #[derive(Debug)]
 pub struct Waiter {
     /// The stream.
     pub context_id: u32,
-    /// Its steering step, taken if the blob is there.
-    pub step: RequestStep,
+    /// What it does with the answer.
+    pub then: Then,
     /// Its client.
     pub client: ClientMatch,
 }
@@ -58,6 +84,11 @@ impl CheckRegistry {
     /// What a stream was told, once (its response phase, or its end).
     pub fn told(&mut self, context_id: u32) -> Option<Known> {
         self.answers.remove(&context_id)
+    }
+
+    /// Whether a stream was told, leaving the answer in place.
+    pub fn was_told(&self, context_id: u32) -> bool {
+        self.answers.contains_key(&context_id)
     }
 
     /// Whether this is the first time `cluster` could not take a check (to log it once).

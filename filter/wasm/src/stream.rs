@@ -2,13 +2,15 @@
 //! owns what happens next (blob steering, an existence check, manifest rewriting). Host events
 //! come in through the methods here; callout answers are routed by token.
 
-use crate::blob::{self, Forwarded};
+use crate::blob::{self, Answered, Forwarded};
 use crate::callout::{Answer, Callouts, Purpose};
 use crate::check::{self, Held, Outcome};
+use crate::check_registry::Then;
 use crate::host::{Delivered, Headers, Host};
 use crate::manifest;
 use crate::vm::Vm;
 use blobsteer_core::decision::{decide_route, route};
+use blobsteer_core::existence::CheckRequest;
 use blobsteer_core::{Action, ClientMatch, Decision, Request, RequestStep};
 use proxy_wasm::types::Action as HostAction;
 use std::borrow::Cow;
@@ -90,18 +92,10 @@ impl<H: Host> Stream<H> {
                 }
             }
             (RequestStep::Pass(action), client, _) => self.pass(action, client.as_ref()),
-            (step, Some(client), Some(check)) => {
-                let (next, outcome) =
-                    check::start(&vm, self.context_id, &mut self.callouts, step, client, check);
-                self.phase = match outcome {
-                    Outcome::Steered(Some(forwarded)) => Phase::Blob(forwarded),
-                    Outcome::Steered(None) | Outcome::Passed(None) => Phase::Idle,
-                    Outcome::Held(held) => Phase::Check(held),
-                    Outcome::Passed(Some(text)) => Phase::Describe(text),
-                };
-                next
+            (RequestStep::Respond(redirect), Some(client), Some(check)) => {
+                self.check(Then::Redirect(redirect), client, check)
             }
-            (step, Some(client), None) => {
+            (step, Some(client), _) => {
                 let (next, forwarded) = blob::steer(&vm, step, client);
                 if let Some(forwarded) = forwarded {
                     self.phase = Phase::Blob(forwarded);
@@ -132,7 +126,10 @@ impl<H: Host> Stream<H> {
                 vm.add_decision_header(&text);
                 HostAction::Continue
             }
-            Phase::Blob(forwarded) => forwarded.on_response(&vm),
+            Phase::Blob(forwarded) => match forwarded.on_response(&vm) {
+                Answered::Done(next) => next,
+                Answered::Check { check, then, client } => self.check(then, client, *check),
+            },
             Phase::Check(held) => held.on_response(&vm, self.context_id),
             Phase::Manifest(phase) => self.manifest(phase.on_response_headers(&vm)),
         }
@@ -146,6 +143,11 @@ impl<H: Host> Stream<H> {
                 let step =
                     phase.on_response_body(&vm, &mut self.callouts, body_size, end_of_stream);
                 self.manifest(step)
+            }
+            Phase::Check(held) => {
+                let next = held.on_response_body(&vm, self.context_id);
+                self.phase = Phase::Check(held);
+                next
             }
             other => {
                 self.phase = other;
@@ -199,6 +201,19 @@ impl<H: Host> Stream<H> {
             self.phase = Phase::Describe(text);
         }
         HostAction::Continue
+    }
+
+    /// Holds the stream for `check`, or carries out `then` at once if its answer is cached.
+    fn check(&mut self, then: Then, client: ClientMatch, check: CheckRequest) -> HostAction {
+        let vm = Rc::clone(&self.vm);
+        let (next, outcome) =
+            check::start(&vm, self.context_id, &mut self.callouts, then, client, check);
+        self.phase = match outcome {
+            Outcome::Done | Outcome::Passed(None) => Phase::Idle,
+            Outcome::Held(held) => Phase::Check(held),
+            Outcome::Passed(Some(text)) => Phase::Describe(text),
+        };
+        next
     }
 
     fn manifest(&mut self, (next, phase): (HostAction, Option<manifest::Phase>)) -> HostAction {

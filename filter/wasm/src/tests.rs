@@ -259,6 +259,80 @@ fn an_unknown_token_is_ignored() {
     assert_eq!(vm.host.stream(1).local_reply.map(|(s, _)| s), Some(307));
 }
 
+fn checked_verify_upstream() -> Vm {
+    Vm::new(r#", "cluster": "mirror_eu""#, r#", "blobs": {"mode": "verify_upstream"}"#)
+}
+
+#[test]
+fn verify_upstream_asks_the_mirror_only_after_the_upstream_said_yes() {
+    let mut vm = checked_verify_upstream();
+    // Refused by the upstream: the mirror is not asked, and the answer is the same either way.
+    assert_eq!(vm.blob(1, "GET", EU), HostAction::Continue);
+    assert_eq!(vm.host.stream(1).request_header(":method").as_deref(), Some("HEAD"));
+    let refusal = [(":status", "401"), ("content-length", "145")];
+    assert_eq!(vm.response_headers(1, &refusal), HostAction::Continue);
+    assert_eq!(vm.host.stream(1).response_header("content-length").as_deref(), Some("0"));
+    assert!(vm.calls().is_empty(), "no check for a refused request");
+    moved(&vm, &[("passed_upstream_answer", 1), ("backend.eu.passed_upstream_answer", 1)]);
+    // Said yes: held in the response phase for one check, which a second stream joins.
+    vm.blob(2, "GET", EU);
+    vm.blob(3, "HEAD", EU);
+    assert_eq!(vm.response_headers(2, &[(":status", "200")]), HostAction::Pause);
+    assert_eq!(vm.response_headers(3, &[(":status", "206")]), HostAction::Pause);
+    assert_eq!(vm.calls().len(), 1);
+    assert_eq!(vm.response_body(2, b""), HostAction::Pause, "held until the answer");
+    vm.answer(vm.calls()[0].token, &[(":status", "200")], b"");
+    for id in [2, 3] {
+        let (status, headers) = vm.host.stream(id).local_reply.expect("redirected");
+        assert_eq!(
+            (status, headers[0].1.as_str()),
+            (307, &*format!("http://mirror.example:8080/b/{}", &BLOB[21..]))
+        );
+    }
+    assert_eq!(vm.host.state().current, 2, "back on the stream that was called");
+    assert_eq!(vm.host.counter("redirected"), 2);
+    assert_eq!(vm.host.counter("check.coalesced"), 1);
+    // Cached now: the next yes is redirected at once.
+    vm.blob(4, "GET", EU);
+    assert_eq!(vm.response_headers(4, &[(":status", "200")]), HostAction::Pause);
+    assert_eq!(vm.host.stream(4).local_reply.map(|(s, _)| s), Some(307));
+    assert_eq!(vm.calls().len(), 1);
+}
+
+#[test]
+fn verify_upstream_sends_a_get_the_mirror_cannot_serve_back_to_the_registry() {
+    let mut vm = checked_verify_upstream();
+    vm.blob(1, "GET", EU);
+    vm.blob(2, "HEAD", EU);
+    vm.response_headers(1, &[(":status", "200")]);
+    vm.response_headers(2, &[(":status", "200"), ("content-length", "1234")]);
+    vm.answer(vm.calls()[0].token, &[(":status", "404")], b"");
+    // The GET went up as a HEAD: it has no bytes to give, so it is sent back to the registry.
+    let (status, headers) = vm.host.stream(1).local_reply.expect("sent back");
+    assert_eq!((status, headers[0].1.clone()), (307, format!("{BLOB}?blobsteer=registry")));
+    // The HEAD gets the upstream's own answer, as it was.
+    let head = vm.host.stream(2);
+    assert_eq!((head.local_reply.clone(), head.resumed_responses), (None, 1));
+    assert_eq!(head.response_header("content-length").as_deref(), Some("1234"));
+    assert_eq!(vm.response_body(2, b""), HostAction::Continue, "released");
+    assert_eq!(vm.host.counter("passed_mirror_missing"), 2);
+    // The marked GET goes to the registry as it is, and nothing else is asked.
+    let marked = format!("{BLOB}?blobsteer=registry");
+    let action = vm.request(3, &[(":method", "GET"), (":path", &marked), ("x-forwarded-for", EU)]);
+    assert_eq!(action, HostAction::Continue);
+    assert_eq!(vm.host.stream(3).request_header(":method").as_deref(), Some("GET"));
+    assert_eq!(vm.response_headers(3, &[(":status", "200")]), HostAction::Continue);
+    assert_eq!(vm.host.counter("passed_registry_retry"), 1);
+    assert_eq!(vm.calls().len(), 1);
+    // An upstream redirect, with the mirror known to lack the blob: kept, made whole.
+    vm.blob(4, "GET", EU);
+    let moved = [(":status", "307"), ("location", "http://storage/x"), ("content-length", "9")];
+    assert_eq!(vm.response_headers(4, &moved), HostAction::Continue);
+    let kept = vm.host.stream(4);
+    assert_eq!(kept.response_header("location").as_deref(), Some("http://storage/x"));
+    assert_eq!(kept.response_header("content-length").as_deref(), Some("0"));
+}
+
 #[test]
 fn a_redirect_the_host_refuses_leaves_the_request_to_the_upstream() {
     let mut vm = Vm::new("", "");

@@ -35,3 +35,14 @@ pub fn blobsteer(args: &[&str], stdin: &[u8]) -> Output {
     writer.join().unwrap();
     output
 }
+
+/// A directory of this test's own (per process and thread), created if need be.
+pub fn tempdir() -> PathBuf {
+    let dir = std::env::temp_dir().join(format!(
+        "blobsteer-cli-test-{}-{:?}",
+        std::process::id(),
+        std::thread::current().id()
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}

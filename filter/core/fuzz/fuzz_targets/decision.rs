@@ -13,9 +13,12 @@
 //!   backend's URL prefix (template text before `{`), holds the digest, and no CR, LF, space or
 //!   `..`; a `Respond` has the configured redirect status;
 //! - a backend with a `cluster` always gets an existence check of exactly that location, whose
-//!   cache entries read back as written;
-//! - `ResponsePlan::decide(status)` for every status 100..=599 never panics and follows the
-//!   documented table (200 redirects, a redirect status rewrites `Location`, the rest passes).
+//!   cache entries read back as written: before the redirect in `redirect` mode, in the plan
+//!   (after the upstream) in `verify_upstream` mode;
+//! - `ResponsePlan::judge(status)` for every status 100..=599 never panics and follows the
+//!   documented table (200 and 206 redirect, a redirect status rewrites `Location`, the rest
+//!   passes without a check); with a check, the mirror's "absent" keeps the upstream's answer
+//!   except for a GET's yes, sent back to its own blob path marked for the registry.
 
 #![no_main]
 
@@ -24,7 +27,8 @@ use blobsteer_core::existence::{CheckRequest, Known};
 use blobsteer_core::decision::{decide_request, describe};
 use blobsteer_core::registry_path::RegistryPath;
 use blobsteer_core::{
-    Action, ClientMatch, Config, Decision, Request, RequestStep, ResponsePlan, ResponseStep,
+    Action, ClientMatch, Config, Decision, Request, RequestStep, ResponseDecision, ResponsePlan,
+    ResponseStep, Verdict,
 };
 use blobsteer_fuzz::{assert_safe_location, longest_match, url_prefix};
 use libfuzzer_sys::fuzz_target;
@@ -125,7 +129,14 @@ fn check(config: &Config, request: &Request<'_>, decision: &Decision) {
     assert!(location.contains(digest.encoded()), "{location:?} lacks {digest}");
     assert_safe_location(location, backend.blob_url.as_str());
 
-    match (&backend.cluster, &decision.check) {
+    let check = match &decision.step {
+        RequestStep::Forward(plan) => {
+            assert_eq!(decision.check, None, "verify_upstream asks nothing before the upstream");
+            &plan.check
+        }
+        _ => &decision.check,
+    };
+    match (&backend.cluster, check) {
         (Some(cluster), Some(check)) => check_existence(config, cluster, location, check),
         (None, None) => {}
         (cluster, check) => panic!("cluster {cluster:?} but check {check:?}"),
@@ -133,37 +144,66 @@ fn check(config: &Config, request: &Request<'_>, decision: &Decision) {
 }
 
 fn check_plan(config: &Config, request: &Request<'_>, plan: &ResponsePlan) {
-    assert!(plan.verify);
-    assert_eq!(plan.send_as_head, request.method == "GET");
+    assert_eq!(plan.send_as_head(), request.method == "GET");
+    if let Some(retry) = &plan.head_for_get {
+        let (path, query) = retry.split_once('?').expect("a marked path");
+        assert_eq!(query, "blobsteer=registry");
+        assert_eq!(RegistryPath::parse(path), RegistryPath::parse(request.path));
+        assert!(path.starts_with("/v2/") && !retry.contains(['\r', '\n', ' ', '#']), "{retry:?}");
+    }
     assert_eq!(plan.redirect_status, config.blobs.redirect_status);
     for status in 100..=599u16 {
-        let answer = plan.decide(status);
-        let replaced = match &answer.step {
-            ResponseStep::Respond(redirect) => {
-                // The upstream's yes: 200, or 206 to a Range request.
-                assert!(matches!(status, 200 | 206), "{status} became the redirect");
-                assert_eq!(
-                    (redirect.status, &redirect.location),
-                    (plan.redirect_status, &plan.location)
-                );
-                assert_eq!(answer.action, Action::Redirected);
-                true
-            }
-            ResponseStep::RewriteLocation(location) => {
-                assert!(REDIRECT_STATUSES.contains(&status), "{status} rewrote Location");
-                assert_eq!(location, &plan.location);
-                assert_eq!(answer.action, Action::LocationRewritten);
-                false
-            }
-            ResponseStep::Pass => {
-                let yes = matches!(status, 200 | 206);
-                assert!(!yes && !REDIRECT_STATUSES.contains(&status), "{status} passed");
-                assert_eq!(answer.action, Action::PassedUpstreamAnswer);
-                false
+        let (answer, absent) = match plan.clone().judge(status) {
+            Verdict::Decided(answer) => (answer, None),
+            Verdict::Checked { check, present, absent } => {
+                assert_eq!(Some(&check), plan.check.as_ref());
+                (present, Some(absent))
             }
         };
-        assert_eq!(answer.zero_content_length, plan.send_as_head && !replaced, "status {status}");
+        let steered = check_answer(plan, status, &answer);
+        assert_eq!(absent.is_some(), steered && plan.check.is_some(), "status {status}");
+        if let Some(absent) = absent {
+            assert_eq!(absent.action, Action::PassedMirrorMissing);
+            let want = match (&answer.step, &plan.head_for_get) {
+                (ResponseStep::Respond(_), Some(retry)) => {
+                    ResponseStep::Respond(blobsteer_core::Redirect { status: 307, location: retry.clone() })
+                }
+                _ => ResponseStep::Pass,
+            };
+            assert_eq!(absent.step, want, "status {status}");
+        }
     }
+}
+
+/// Checks the steering decision on `status`; returns whether the upstream said yes.
+fn check_answer(plan: &ResponsePlan, status: u16, answer: &ResponseDecision) -> bool {
+    let (steered, replaced) = match &answer.step {
+        ResponseStep::Respond(redirect) => {
+            // The upstream's yes: 200, or 206 to a Range request.
+            assert!(matches!(status, 200 | 206), "{status} became the redirect");
+            assert_eq!(
+                (redirect.status, &redirect.location),
+                (plan.redirect_status, &plan.location)
+            );
+            assert_eq!(answer.action, Action::Redirected);
+            (true, true)
+        }
+        ResponseStep::RewriteLocation(location) => {
+            assert!(REDIRECT_STATUSES.contains(&status), "{status} rewrote Location");
+            assert_eq!(location, &plan.location);
+            assert_eq!(answer.action, Action::LocationRewritten);
+            (true, false)
+        }
+        ResponseStep::Pass => {
+            let yes = matches!(status, 200 | 206);
+            assert!(!yes && !REDIRECT_STATUSES.contains(&status), "{status} passed");
+            assert_eq!(answer.action, Action::PassedUpstreamAnswer);
+            (false, false)
+        }
+    };
+    assert_eq!(answer.zero_content_length(), plan.send_as_head() && !replaced, "status {status}");
+    assert_eq!(answer.backend, plan.backend);
+    steered
 }
 
 fn check_existence(config: &Config, cluster: &str, location: &str, check: &CheckRequest) {
