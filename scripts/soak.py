@@ -53,7 +53,7 @@ local mix = {{
 local i = 0
 request = function()
   i = i % #mix + 1
-  return wrk.format("GET", mix[i][1], {{["x-forwarded-for"] = mix[i][2],
+  return wrk.format("GET", mix[i][1], {{["x-forwarded-for"] = mix[i][2], ["user-agent"] = "{stk.RUNTIME_USER_AGENT}",
     ["accept"] = "application/vnd.oci.image.manifest.v1+json, application/vnd.oci.image.index.v1+json"}})
 end
 local unexpected = 0

@@ -65,6 +65,8 @@ RUN_DIR_MARKER = ".blobsteer-stack"  # `run` wipes only a directory that has it
 LOOPBACK = "127.0.0.1"
 REPOSITORY = build_demo_image.REPOSITORY
 TAG = build_demo_image.TAG
+# A node runtime's User-Agent: the filter rewrites manifests for it (`manifests.user_agents`).
+RUNTIME_USER_AGENT = "containerd/1.6.20"
 STARTUP_TIMEOUT = 30.0
 STOP_TIMEOUT = 10.0
 POLL_INTERVAL = 0.05

@@ -523,7 +523,7 @@ def probe(contender: Contender, scenario: Scenario, configs: dict, content: Cont
     rewrites = contender.kind.startswith("blobsteer")
     for path, xff in scenario.requests():
         status, raw_headers, body = stk.http_request(
-            contender.port, path, headers={"x-forwarded-for": xff}
+            contender.port, path, headers={"x-forwarded-for": xff, "user-agent": stk.RUNTIME_USER_AGENT}
         )
         headers = {k.lower(): v for k, v in raw_headers.items()}
         problem = None

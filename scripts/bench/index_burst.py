@@ -68,7 +68,8 @@ def main() -> None:
         stack.start_mirrors()
         stack.start_envoy()
         pid = stack.envoy.pid
-        headers = [("x-forwarded-for", "15.236.10.20"), ("accept", OCI_INDEX), ("accept", OCI_MANIFEST)]
+        headers = [("x-forwarded-for", "15.236.10.20"), ("accept", OCI_INDEX), ("accept", OCI_MANIFEST),
+                   ("user-agent", stk.RUNTIME_USER_AGENT)]
         path = f"/v2/burst/app/manifests/{TAG}"
         request(stack.port("envoy"), "GET", path, headers)  # the VM's first use, not the burst
         upstream.requests.clear()

@@ -16,7 +16,7 @@ class ManifestAccessLogTest(StackTestCase):
     stack_options = {"filter_overrides": {"manifests": {"rewrite": True}}}
 
     def ask(self, method: str, path: str):
-        headers = [("x-forwarded-for", EU), ("accept", INDEX), ("accept", MANIFEST)]
+        headers = [("x-forwarded-for", EU), ("accept", INDEX), ("accept", MANIFEST), ("user-agent", stk.RUNTIME_USER_AGENT)]
         return request(self.stack.port("envoy"), method, path, headers)
 
     def test_a_head_sent_upstream_as_get_is_logged_with_the_clients_own_request(self):

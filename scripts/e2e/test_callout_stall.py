@@ -196,7 +196,8 @@ class StalledIndexChildTest(VmHealth, StackTestCase):
     def fetch_index(self, tag: str):
         """A mapped client's GET of `tag`, allowed up to the child timeout and some slack."""
         path = f"/v2/{REPOSITORY}/manifests/{tag}"
-        headers = [("accept", OCI_INDEX), ("accept", OCI_MANIFEST), ("x-forwarded-for", EU_XFF)]
+        headers = [("accept", OCI_INDEX), ("accept", OCI_MANIFEST), ("x-forwarded-for", EU_XFF),
+                   ("user-agent", stk.RUNTIME_USER_AGENT)]
         got = timed_get(self.stack.port("envoy"), path, headers, self.child_timeout_s + SLACK_S)
         if got is None:
             self.fail(f"no answer to GET {path} within {self.child_timeout_s + SLACK_S:g}s")

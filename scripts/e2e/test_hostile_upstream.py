@@ -79,7 +79,8 @@ def fetch(port: int, path: str, xff: str | None) -> tuple[int, dict[str, str], b
     """(status, headers, body read until the end or the break, the break's kind if any)."""
     conn = http.client.HTTPConnection(stk.LOOPBACK, port, timeout=30)
     try:
-        conn.request("GET", path, headers={"x-forwarded-for": xff} if xff else {})
+        headers = {"user-agent": stk.RUNTIME_USER_AGENT} | ({"x-forwarded-for": xff} if xff else {})
+        conn.request("GET", path, headers=headers)
         response = conn.getresponse()
         headers = {k.lower(): v for k, v in response.getheaders()}
         try:

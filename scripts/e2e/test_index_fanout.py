@@ -63,7 +63,8 @@ class IndexFanoutTest(StackTestCase):
     def fetch(self, tag: str) -> tuple[list[str], bytes]:
         """The upstream's requests caused by one mapped client's GET of `tag`, and the body."""
         self.upstream.requests.clear()
-        headers = [("x-forwarded-for", EU_XFF), ("accept", OCI_INDEX), ("accept", OCI_MANIFEST)]
+        headers = [("x-forwarded-for", EU_XFF), ("accept", OCI_INDEX), ("accept", OCI_MANIFEST),
+                   ("user-agent", stk.RUNTIME_USER_AGENT)]
         status, _, body = request(self.stack.port("envoy"), "GET", f"/v2/{REPOSITORY}/manifests/{tag}", headers)
         self.assertEqual(status, 200)
         return list(self.upstream.requests), body

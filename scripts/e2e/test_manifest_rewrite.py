@@ -1,6 +1,7 @@
-"""Manifest rewriting with real clients: containerd and skopeo pull the multi-arch demo image by
-tag from a mapped region and fetch every blob from the mirror's `urls`, never from the registry
-or through the filter; digest-pinned pulls get exactly the bytes they pinned."""
+"""Manifest rewriting with real clients: containerd pulls the multi-arch demo image by tag from a
+mapped region and fetches every blob from the mirror's `urls`, never from the registry or through
+the filter; skopeo, not a runtime, gets the registry's manifest; digest-pinned pulls get exactly
+the bytes they pinned."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ EU = "aws-eu-west-3"
 ACCEPT = [
     ("accept", "application/vnd.oci.image.index.v1+json"),
     ("accept", "application/vnd.oci.image.manifest.v1+json"),
+    ("user-agent", stk.RUNTIME_USER_AGENT),
 ]
 
 
@@ -88,12 +90,20 @@ class ManifestRewriteTest(StackTestCase):
         self.assertNotIn("redirected", moved)
         self.assertGreaterEqual(moved.get("manifest_rewritten", 0), 1, moved)
 
-    def test_skopeo_by_tag_fetches_config_and_layers_from_the_urls(self):
-        snapshot = Snapshot(self.stack)
+    def test_skopeo_by_tag_gets_the_original_and_its_blobs_through_redirects(self):
+        """skopeo is not a runtime (`manifests.user_agents`): it gets the registry's manifest,
+        and every blob still comes from the mirror, through the filter's redirects."""
+        snapshot, before = Snapshot(self.stack), self.counters()
         with tempfile.TemporaryDirectory() as dest:
             self.stack.skopeo_copy(EU, dest)
             self.assert_dir_copy_verified(Path(dest), self.platform_blobs())
+            child = self.image.manifests["linux/amd64"]
+            self.assertEqual(sha256((Path(dest) / "manifest.json").read_bytes()), child.digest)
         self.assert_served_by(snapshot, EU, self.platform_blobs())
+        moved = {k: v - before.get(k, 0) for k, v in self.counters().items() if v != before.get(k, 0)}
+        self.assertEqual(moved.get("manifest.untouched.user_agent"), 1, moved)
+        self.assertNotIn("manifest_rewritten", moved)
+        self.assertEqual(moved.get("redirected"), len(self.platform_blobs()))
 
     def test_a_pull_pinned_to_the_original_digest_gets_the_original_bytes(self):
         status, got, body = self.manifest("GET", self.image.index.digest)

@@ -3,6 +3,7 @@
 use crate::args::{Parsed, Usage};
 use blobsteer_core::client_ip::ClientIpSource;
 use blobsteer_core::decision::{classify_client, decide_request};
+use blobsteer_core::manifest::Untouched;
 use blobsteer_core::rewriting::outlook;
 use blobsteer_core::{ClientMatch, Config, Decision, Request, RequestStep};
 use serde_json::{json, Value};
@@ -15,7 +16,7 @@ const SAMPLE_BLOB_PATH: &str =
 
 /// Runs the command.
 pub fn run(argv: &[String]) -> Result<ExitCode, Usage> {
-    let args = Parsed::new(argv, &["config", "method", "path", "source"])?;
+    let args = Parsed::new(argv, &["config", "method", "path", "source", "user-agent"])?;
     let config_path =
         args.get("config").ok_or_else(|| Usage("explain needs --config CONFIG".into()))?;
     let config = match crate::load_config(config_path) {
@@ -25,6 +26,7 @@ pub fn run(argv: &[String]) -> Result<ExitCode, Usage> {
     let method = args.get("method").unwrap_or("GET");
     let path = args.get("path").unwrap_or(SAMPLE_BLOB_PATH);
     let source = args.get("source");
+    let user_agent = args.get("user-agent");
     let explain = |xff: Option<&str>| {
         let lines: Vec<&str> = xff.into_iter().collect();
         let request = Request {
@@ -32,6 +34,7 @@ pub fn run(argv: &[String]) -> Result<ExitCode, Usage> {
             path,
             forwarded_for: &lines,
             source_address: source,
+            user_agent,
             has_body: false,
         };
         println!("{}", describe(&config, &request, xff));
@@ -75,6 +78,10 @@ fn describe(config: &Config, request: &Request<'_>, xff: Option<&str>) -> Value 
         }
         _ => (check, "before_upstream", "passed_mirror_missing: upstream untouched".to_string()),
     };
+    let reason = match &step {
+        RequestStep::LeaveManifest(reason) => Some(*reason),
+        _ => None,
+    };
     let (action, status, location) = match step {
         RequestStep::Respond(redirect) => {
             ("redirected", Some(redirect.status), Some(redirect.location))
@@ -85,6 +92,7 @@ fn describe(config: &Config, request: &Request<'_>, xff: Option<&str>) -> Value 
         RequestStep::Pass(action) => (action.as_str(), None, None),
         RequestStep::RewriteManifest(_) => ("rewrite_manifest", None, None),
         RequestStep::LookupRewritten(_) => ("lookup_rewritten_digest", None, None),
+        RequestStep::LeaveManifest(_) => ("manifest_untouched", None, None),
     };
     let source = match client {
         ClientMatch::Unmapped { source, .. }
@@ -105,6 +113,8 @@ fn describe(config: &Config, request: &Request<'_>, xff: Option<&str>) -> Value 
         "prefix": client.prefix().map(|p| p.to_string()),
         "non_routable": matches!(client, ClientMatch::NonRoutable { .. }),
         "action": action,
+        // What `manifest.untouched.<reason>` counts, when the request alone decides it.
+        "reason": reason.map(Untouched::as_str),
         "status": status,
         "location": location,
         // With a cluster, the filter asks the mirror before anyone is sent there.

@@ -18,7 +18,8 @@ const COMMANDS: [(&str, &str); 4] = [
     ),
     (
         "explain",
-        "  blobsteer explain --config CONFIG [--method M] [--path P] [--source ADDR] [XFF... | -]
+        "  blobsteer explain --config CONFIG [--method M] [--path P] [--source ADDR]
+                    [--user-agent AGENT] [XFF... | -]
       print, one JSON object per x-forwarded-for value, what the filter does with the request
       (XFF '-' reads one value per line from stdin; no XFF means the header is absent)
 ",

@@ -226,7 +226,9 @@ fn explain_says_whether_a_manifest_is_rewritten_and_why() {
     let on = std::env::temp_dir().join(format!("blobsteer-explain-{}.json", std::process::id()));
     std::fs::write(&on, json.to_string()).unwrap();
     let on = on.display().to_string();
-    let args = ["explain", "--config", &on, "--method", "HEAD", "--path", tag];
+    let containerd = ["--user-agent", "containerd/1.6.20"];
+    let args = [&["explain", "--config", &on, "--method", "HEAD", "--path", tag][..], &containerd]
+        .concat();
     let got = lines(&blobsteer(
         &[&args[..], &["15.236.0.9", "44.192.1.2", "198.51.100.7"]].concat(),
         None,
@@ -239,9 +241,32 @@ fn explain_says_whether_a_manifest_is_rewritten_and_why() {
     assert_eq!(got[1]["manifest"]["advertises"], "every blob");
     assert_eq!(got[2]["manifest"]["rewrite"], false);
     assert_eq!(got[2]["manifest"]["why"], "the client has no backend (passed_no_backend)");
+    assert_eq!(got[0]["reason"], Value::Null);
+    // Every other agent (or none) gets the registry's manifest, named as the reason.
+    for agent in [&["--user-agent", "skopeo/1.9.3"][..], &["--user-agent", "x containerd/1"], &[]] {
+        let args =
+            [&["explain", "--config", &on, "--path", tag][..], agent, &["15.236.0.9"]].concat();
+        let got = lines(&blobsteer(&args, None));
+        assert_eq!(
+            (&got[0]["action"], &got[0]["reason"]),
+            (&"manifest_untouched".into(), &"user_agent".into()),
+            "{agent:?}"
+        );
+        assert_eq!(got[0]["backend"], "aws-eu-west-3", "the client is still shown");
+        assert!(got[0]["manifest"]["why"]
+            .as_str()
+            .unwrap()
+            .starts_with("the User-Agent is not one of"));
+    }
+    // A digest is looked up whoever asks.
     let digest = "/v2/demo/hello/manifests/sha256:0000000000000000000000000000000000000000000000000000000000000000";
-    let got = lines(&blobsteer(&["explain", "--config", &on, "--path", digest], None));
-    assert_eq!(got[0]["action"], "lookup_rewritten_digest");
-    assert!(got[0]["manifest"]["why"].as_str().unwrap().starts_with("a request by digest"));
+    for agent in [&["--user-agent", "curl/7.88.1"][..], &containerd] {
+        let got = lines(&blobsteer(
+            &[&["explain", "--config", &on, "--path", digest][..], agent].concat(),
+            None,
+        ));
+        assert_eq!(got[0]["action"], "lookup_rewritten_digest");
+        assert!(got[0]["manifest"]["why"].as_str().unwrap().starts_with("a request by digest"));
+    }
     std::fs::remove_file(&on).unwrap();
 }

@@ -299,6 +299,7 @@ fn decide_blob_request(bencher: divan::Bencher) {
                 path,
                 forwarded_for: &xff,
                 source_address: None,
+                user_agent: None,
                 has_body: false,
             }),
         )

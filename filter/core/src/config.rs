@@ -378,6 +378,7 @@ impl Validator {
                 self.error(field, message);
             }
         }
+        self.user_agents(&raw.manifests.user_agents);
         if let Some(header) = &raw.decision_header {
             if !is_header_name(header) {
                 self.error(
@@ -422,6 +423,43 @@ impl Validator {
             existence_check: raw.existence_check.clone(),
             manifests: raw.manifests.clone(),
         })
+    }
+
+    /// `manifests.user_agents`: one or more prefixes, or `"*"` alone.
+    fn user_agents(&mut self, agents: &[String]) {
+        const FIELD: &str = "manifests.user_agents";
+        if agents.is_empty() {
+            let message = format!(
+                "must list at least one User-Agent prefix, such as {:?}; [\"*\"] rewrites for \
+                 every client, copy tools included (their copies lose the layers)",
+                manifest::DEFAULT_USER_AGENTS
+            );
+            self.error(FIELD, message);
+        }
+        if agents.len() > manifest::MAX_USER_AGENTS {
+            let message =
+                format!("{} entries; at most {}", agents.len(), manifest::MAX_USER_AGENTS);
+            self.error(FIELD, message);
+        }
+        for (i, agent) in agents.iter().enumerate() {
+            let field = format!("{FIELD}[{i}]");
+            if agent.is_empty() {
+                self.error(
+                    field,
+                    "an empty prefix matches every client: say [\"*\"] if that is meant",
+                );
+            } else if agent == manifest::EVERY_AGENT && agents.len() > 1 {
+                self.error(field, "\"*\" (every client) cannot be combined with prefixes");
+            } else if agent.len() > manifest::MAX_USER_AGENT_LEN
+                || !agent.bytes().all(|b| b.is_ascii_graphic() || b == b' ')
+            {
+                let message = format!(
+                    "{agent:?} must be 1 to {} characters of visible ASCII",
+                    manifest::MAX_USER_AGENT_LEN
+                );
+                self.error(field, message);
+            }
+        }
     }
 
     /// Parses one CIDR, insisting on the canonical form (the table finds repeated prefixes).
@@ -535,6 +573,53 @@ mod tests {
             "non_routable[0]: 15.236.0.0/15 is already listed at backends[0].cidrs[0] (eu)",
         ];
         assert_eq!(got, want);
+    }
+
+    #[test]
+    fn user_agents_are_prefixes_and_every_client_is_said_explicitly() {
+        let with = |agents: &str| {
+            format!(
+                r#"{{"backends": [{{"name": "a", "blob_url": "https://a/{{digest}}", "cidrs": []}}],
+                    "manifests": {{"rewrite": true, "user_agents": {agents}}}}}"#
+            )
+        };
+        let default = Config::from_json(with(r#"["containerd/", "cri-o/"]"#).as_bytes()).unwrap();
+        assert_eq!(default.manifests, Config::from_json(br#"{"backends": [{"name": "a", "blob_url": "https://a/{digest}", "cidrs": []}], "manifests": {"rewrite": true}}"#).unwrap().manifests);
+        let m = &default.manifests;
+        assert!(m.rewrites_for(Some("containerd/1.6.20+unknown")));
+        assert!(m.rewrites_for(Some("cri-o/1.28.1 go/go1.20.10 os/linux arch/amd64")));
+        for other in [
+            "skopeo/1.9.3",
+            "containers/5.24.1 (github.com/containers/image)",
+            "my-containerd/1",
+            "Containerd/1.7",
+            "",
+        ] {
+            assert!(!m.rewrites_for(Some(other)), "{other:?}");
+        }
+        assert!(!m.rewrites_for(None));
+        let everyone = Config::from_json(with(r#"["*"]"#).as_bytes()).unwrap();
+        assert!(
+            everyone.manifests.rewrites_for(None)
+                && everyone.manifests.rewrites_for(Some("curl/8"))
+        );
+
+        assert_eq!(
+            errors(&with("[]")),
+            [
+                r#"manifests.user_agents: must list at least one User-Agent prefix, such as ["containerd/", "cri-o/"]; ["*"] rewrites for every client, copy tools included (their copies lose the layers)"#
+            ]
+        );
+        assert_eq!(
+            errors(&with(r#"["containerd/", "", "*", "a\u0000b"]"#)),
+            [
+                r#"manifests.user_agents[1]: an empty prefix matches every client: say ["*"] if that is meant"#,
+                r#"manifests.user_agents[2]: "*" (every client) cannot be combined with prefixes"#,
+                r#"manifests.user_agents[3]: "a\0b" must be 1 to 256 characters of visible ASCII"#,
+            ]
+        );
+        let many = format!("[{}]", vec![r#""x/""#; 65].join(","));
+        assert_eq!(errors(&with(&many)), ["manifests.user_agents: 65 entries; at most 64"]);
     }
 
     #[test]

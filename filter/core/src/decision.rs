@@ -8,6 +8,7 @@ use crate::client_ip::ClientIpSource;
 use crate::config::{Backend, BlobMode, Config, Target, REDIRECT_STATUSES};
 use crate::digest::Digest;
 use crate::existence::CheckRequest;
+use crate::manifest::Untouched;
 use crate::registry_path::{Reference, RegistryPath};
 use ipnet::IpNet;
 use std::fmt::Write;
@@ -24,6 +25,8 @@ pub struct Request<'a> {
     pub forwarded_for: &'a [&'a str],
     /// The `source.address` property (`ip:port`), if the host gave one.
     pub source_address: Option<&'a str>,
+    /// `user-agent`, if the request has one (read for manifest tag requests only).
+    pub user_agent: Option<&'a str>,
     /// The request carries a body (the headers did not end the stream). The filter never
     /// holds, changes or answers such a request: its body would follow the reply on the
     /// connection, where the next response is expected.
@@ -217,6 +220,9 @@ pub enum RequestStep {
     /// A manifest asked for by digest: if the filter produced that digest (its memory of it is
     /// in the host), serve the rewrite of the original again; otherwise pass it untouched.
     LookupRewritten(DigestLookup),
+    /// A tag request whose manifest is not rewritten, for this reason, decided from the
+    /// request alone: passed untouched, counted as `manifest_untouched`.
+    LeaveManifest(Untouched),
 }
 
 impl RequestStep {
@@ -227,7 +233,7 @@ impl RequestStep {
             RequestStep::Forward(plan) => plan.send_as_head(),
             RequestStep::RewriteManifest(plan) => plan.send_as_get,
             RequestStep::LookupRewritten(_) => true,
-            RequestStep::Respond(_) | RequestStep::Pass(_) => false,
+            RequestStep::Respond(_) | RequestStep::Pass(_) | RequestStep::LeaveManifest(_) => false,
         }
     }
 }
@@ -394,6 +400,11 @@ impl Route<'_> {
     pub fn needs_client(&self) -> bool {
         !matches!(self, Route::Pass(_))
     }
+
+    /// Whether it is a manifest request (whose `user-agent` the decision reads).
+    pub fn is_manifest(&self) -> bool {
+        matches!(self, Route::Registry(RegistryPath::Manifest { .. }))
+    }
 }
 
 /// Finds the client's address and the backend it belongs to.
@@ -515,7 +526,9 @@ pub fn blob_check(config: &Config, backend: &Backend, location: &str) -> Option<
     CheckRequest::new(&config.existence_check, cluster, &backend.name, location)
 }
 
-/// Manifest requests, with rewriting on.
+/// Manifest requests, with rewriting on. A digest is looked up whoever asks (a digest handed
+/// to a runtime must resolve for `crictl`, curl and any other client); a tag is rewritten only
+/// for the user agents of `manifests.user_agents`, for a client with a backend.
 fn decide_manifest(
     config: &Config,
     request: &Request<'_>,
@@ -530,6 +543,10 @@ fn decide_manifest(
             is_head,
         };
         return Decision { client: None, step: RequestStep::LookupRewritten(lookup), check: None };
+    }
+    if !config.manifests.rewrites_for(request.user_agent) {
+        let step = RequestStep::LeaveManifest(Untouched::UserAgent);
+        return Decision { client: None, step, check: None };
     }
     let client = classify_client(config, request.forwarded_for, request.source_address);
     let step = match client {
@@ -589,7 +606,14 @@ mod tests {
     }
 
     fn request<'a>(method: &'a str, path: &'a str, xff: &'a [&'a str]) -> Request<'a> {
-        Request { method, path, forwarded_for: xff, source_address: None, has_body: false }
+        Request {
+            method,
+            path,
+            forwarded_for: xff,
+            source_address: None,
+            user_agent: Some("containerd/1.7.24"),
+            has_body: false,
+        }
     }
 
     #[test]
@@ -760,6 +784,37 @@ mod tests {
         let marked = format!("{BLOB}?blobsteer=registry");
         let d = decide_request(&config("redirect"), &request("GET", &marked, &["15.236.10.20"]));
         assert!(matches!(d.step, RequestStep::Respond(_)));
+    }
+
+    #[test]
+    fn a_tag_is_rewritten_only_for_the_listed_user_agents_a_digest_for_anyone() {
+        let json = r#"{"backends": [{"name": "eu", "blob_url": "http://eu.example/b/{digest}", "cidrs": ["15.236.0.0/15"]}],
+                       "manifests": {"rewrite": true}}"#;
+        let c = Config::from_json(json.as_bytes()).unwrap();
+        let tag = "/v2/demo/hello/manifests/1.0";
+        let by = |path: &str, agent: Option<&str>| {
+            let r = Request { user_agent: agent, ..request("GET", path, &["15.236.10.20"]) };
+            decide_request(&c, &r).step
+        };
+        for agent in ["containerd/1.6.20", "cri-o/1.28.1 go/go1.20"] {
+            assert!(matches!(by(tag, Some(agent)), RequestStep::RewriteManifest(_)), "{agent}");
+        }
+        let others = [
+            Some("skopeo/1.9.3"),
+            Some("containers/5.24 (github.com/containers/image)"),
+            Some("curl/7.88.1"),
+            Some("not containerd/1"),
+            None,
+        ];
+        for agent in others {
+            assert_eq!(
+                by(tag, agent),
+                RequestStep::LeaveManifest(Untouched::UserAgent),
+                "{agent:?}"
+            );
+            let digest = format!("/v2/demo/hello/manifests/sha256:{}", "a".repeat(64));
+            assert!(matches!(by(&digest, agent), RequestStep::LookupRewritten(_)), "{agent:?}");
+        }
     }
 
     #[test]

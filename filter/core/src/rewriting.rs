@@ -532,6 +532,11 @@ pub fn outlook(config: &Config, path: &str, decision: &Decision) -> Option<Outlo
             upstream_method: lookup.is_head.then_some("GET (the client gets the headers)"),
             advertises: None,
         },
+        RequestStep::LeaveManifest(Untouched::UserAgent) => no(&format!(
+            "the User-Agent is not one of manifests.user_agents {:?}: only runtimes that fetch \
+             blobs from urls get a rewrite; this client gets the registry's manifest byte for byte",
+            config.manifests.user_agents
+        )),
         RequestStep::Pass(Action::PassedMethod) => no("only GET and HEAD are rewritten"),
         RequestStep::Pass(action) => {
             no(&format!("the client has no backend ({})", action.as_str()))

@@ -56,9 +56,9 @@ pub fn steer<H: Host>(
             (HostAction::Continue, None)
         }
         // Manifest steps are not blob steering; the stream hands them to `manifest`.
-        RequestStep::RewriteManifest(_) | RequestStep::LookupRewritten(_) => {
-            (HostAction::Continue, None)
-        }
+        RequestStep::RewriteManifest(_)
+        | RequestStep::LookupRewritten(_)
+        | RequestStep::LeaveManifest(_) => (HostAction::Continue, None),
     }
 }
 

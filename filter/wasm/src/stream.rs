@@ -73,6 +73,7 @@ impl<H: Host> Stream<H> {
             path,
             forwarded_for: &lines,
             source_address: source.as_deref().and_then(|s| std::str::from_utf8(s).ok()),
+            user_agent: route.is_manifest().then(|| text("user-agent")).flatten(),
             has_body: !end_of_stream,
         };
         let Decision { step, client, check } = decide_route(&vm.config, route, &request);
@@ -92,6 +93,13 @@ impl<H: Host> Stream<H> {
                 }
             }
             (RequestStep::Pass(action), client, _) => self.pass(action, client.as_ref()),
+            (RequestStep::LeaveManifest(reason), _, _) => {
+                vm.metrics.count_untouched(&vm.host, Some(reason), None);
+                if let Some(text) = vm.describe(Action::ManifestUntouched, None) {
+                    self.phase = Phase::Describe(text);
+                }
+                HostAction::Continue
+            }
             (RequestStep::Respond(redirect), Some(client), Some(check)) => {
                 self.check(Then::Redirect(redirect), client, check)
             }

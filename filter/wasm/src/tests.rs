@@ -76,10 +76,20 @@ impl Vm {
         self.request(id, &[(":method", method), (":path", BLOB), ("x-forwarded-for", xff)])
     }
 
+    /// A tag request of containerd (a user agent manifests are rewritten for).
     fn tag(&mut self, id: u32, method: &str) -> HostAction {
+        self.tag_by(id, method, "containerd/1.7.24")
+    }
+
+    fn tag_by(&mut self, id: u32, method: &str, user_agent: &str) -> HostAction {
         let path = "/v2/demo/hello/manifests/1.0";
-        let headers =
-            [(":method", method), (":path", path), (":authority", "reg"), ("x-forwarded-for", EU)];
+        let headers = [
+            (":method", method),
+            (":path", path),
+            (":authority", "reg"),
+            ("x-forwarded-for", EU),
+            ("user-agent", user_agent),
+        ];
         self.request(id, &headers)
     }
 
@@ -349,6 +359,20 @@ fn a_redirect_the_host_refuses_leaves_the_request_to_the_upstream() {
     assert_eq!(action, HostAction::Continue);
     assert_eq!(vm.host.stream(1).response_header("content-length").as_deref(), Some("0"));
     moved(&vm, &[("passed_upstream_answer", 1), ("backend.eu.passed_upstream_answer", 1)]);
+}
+
+#[test]
+fn a_tag_asked_by_a_copy_tool_is_left_as_the_registry_sends_it() {
+    let mut vm = Vm::new("", r#", "manifests": {"rewrite": true}, "decision_header": "x-d""#);
+    assert_eq!(vm.tag_by(1, "HEAD", "skopeo/1.9.3"), HostAction::Continue);
+    let stream = vm.host.stream(1);
+    assert_eq!(stream.request_header(":method").as_deref(), Some("HEAD"), "asked as it came");
+    assert!(!vm.host.state().properties.contains_key("1:blobsteer_client_request"));
+    let headers =
+        [(":status", "200"), ("content-type", "application/vnd.oci.image.manifest.v1+json")];
+    assert_eq!(vm.response_headers(1, &headers), HostAction::Continue, "not held");
+    assert_eq!(vm.host.stream(1).response_header("x-d").as_deref(), Some("manifest_untouched"));
+    moved(&vm, &[("manifest_untouched", 1), ("manifest.untouched.user_agent", 1)]);
 }
 
 #[test]

@@ -109,6 +109,7 @@ fn check_blob_request(config: &Config, ip: IpAddr) {
             path: BLOB,
             forwarded_for: &forwarded_for,
             source_address: None,
+            user_agent: None,
             has_body: false,
         };
     let decision = decide_request(&config, &request);

@@ -75,6 +75,7 @@ fuzz_target!(|data: &[u8]| {
         path,
         forwarded_for: &forwarded_for,
         source_address: Some(SOURCE_ADDRESS),
+        user_agent: Some("containerd/1.7.24"),
         // A body makes every request a pass; the decisions worth fuzzing are those without.
         has_body: false,
     };

@@ -53,6 +53,9 @@ pub enum Untouched {
     TooDeep,
     /// More values and keys than [`json::MAX_VALUES`] (no manifest has so many).
     TooManyValues,
+    /// The client's `User-Agent` is not one of `manifests.user_agents`: not a runtime that uses
+    /// `urls`, so the rewrite could only cost it (and break a copy).
+    UserAgent,
     /// Schema 1 (signed) or an unknown `schemaVersion`.
     Schema1,
     /// Neither an image manifest nor an index, by `mediaType` and `Content-Type`.
@@ -83,12 +86,13 @@ pub enum Untouched {
 
 impl Untouched {
     /// Every reason, for defining stats up front.
-    pub const ALL: [Untouched; 17] = [
+    pub const ALL: [Untouched; 18] = [
         Untouched::TooLarge,
         Untouched::Encoded,
         Untouched::InvalidJson,
         Untouched::TooDeep,
         Untouched::TooManyValues,
+        Untouched::UserAgent,
         Untouched::Schema1,
         Untouched::NotImage,
         Untouched::MediaTypeMismatch,
@@ -111,6 +115,7 @@ impl Untouched {
             Untouched::InvalidJson => "invalid_json",
             Untouched::TooDeep => "too_deep",
             Untouched::TooManyValues => "too_many_values",
+            Untouched::UserAgent => "user_agent",
             Untouched::Schema1 => "schema1",
             Untouched::NotImage => "not_image",
             Untouched::MediaTypeMismatch => "media_type_mismatch",
@@ -335,6 +340,12 @@ pub const CLIENT_MAX_BYTES: usize = 4 << 20;
 pub struct ManifestSettings {
     /// Rewrite manifests of tag requests for clients that match a backend (off by default).
     pub rewrite: bool,
+    /// Prefixes of the `User-Agent` header of the clients manifests are rewritten for: the node
+    /// runtimes, which pull to run and fetch blobs from `urls`. Every other client (copy tools,
+    /// inspectors, docker) gets the registry's manifest byte for byte: a copy tool treats
+    /// layers with `urls` as foreign and does not copy them. [`EVERY_AGENT`] alone rewrites for
+    /// everyone.
+    pub user_agents: Vec<String>,
     /// Larger manifests are sent untouched; Envoy's buffer limit must allow this much.
     pub max_bytes: u32,
     /// Slots of the rewritten-digest memory shared by all workers (about 300 bytes each).
@@ -357,6 +368,7 @@ impl Default for ManifestSettings {
     fn default() -> Self {
         ManifestSettings {
             rewrite: false,
+            user_agents: DEFAULT_USER_AGENTS.iter().map(|a| a.to_string()).collect(),
             max_bytes: DEFAULT_MAX_BYTES as u32,
             mapping_slots: 16_384,
             cache_slots: 64,
@@ -367,6 +379,29 @@ impl Default for ManifestSettings {
         }
     }
 }
+
+impl ManifestSettings {
+    /// Whether a client with this `User-Agent` (`None`: the header is absent) is one manifests
+    /// are rewritten for.
+    pub fn rewrites_for(&self, user_agent: Option<&str>) -> bool {
+        self.user_agents.iter().any(|prefix| {
+            prefix == EVERY_AGENT || user_agent.is_some_and(|a| a.starts_with(prefix))
+        })
+    }
+}
+
+/// The default `user_agents`: containerd (`containerd/<version>`) and CRI-O
+/// (`cri-o/<version> ...`), the runtimes that honour `urls`.
+pub const DEFAULT_USER_AGENTS: [&str; 2] = ["containerd/", "cri-o/"];
+
+/// The `user_agents` entry that stands for every client.
+pub const EVERY_AGENT: &str = "*";
+
+/// Most entries `user_agents` may have.
+pub const MAX_USER_AGENTS: usize = 64;
+
+/// Longest entry of `user_agents`.
+pub const MAX_USER_AGENT_LEN: usize = 256;
 
 /// Limits of `max_bytes`.
 pub const MAX_BYTES: std::ops::RangeInclusive<u32> = 1024..=(64 << 20);
