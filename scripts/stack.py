@@ -58,6 +58,7 @@ import build_demo_image  # noqa: E402  (sibling module, importable however this 
 REPO_ROOT = SCRIPTS_DIR.parent
 ENVOY_DIR = REPO_ROOT / "envoy"
 DEFAULT_WASM = REPO_ROOT / "target" / "wasm32-wasip1" / "release" / "blobsteer.wasm"
+CLI = REPO_ROOT / "target" / "release" / "blobsteer"  # `make cli`
 DEFAULT_ENVOY = REPO_ROOT / ".venv" / "bin" / "envoy"
 DEFAULT_RUN_DIR = REPO_ROOT / ".run" / "demo"
 RUN_DIR_MARKER = ".blobsteer-stack"  # `run` wipes only a directory that has it

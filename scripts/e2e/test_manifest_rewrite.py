@@ -9,7 +9,7 @@ import json
 import tempfile
 from pathlib import Path
 
-from harness import Snapshot, StackTestCase, request, stk
+from harness import Snapshot, StackTestCase, request, stk, warm_existence_cache
 
 EU = "aws-eu-west-3"
 ACCEPT = [
@@ -32,22 +32,14 @@ class ManifestRewriteTest(StackTestCase):
         # The demo's backends are checked: a blob is advertised in `urls` only once the cache
         # knows it is on the mirror. A client of eu-west-3 asking for every blob of every
         # platform (a 307 each) is what teaches it; us-east-1 is left unknown on purpose.
-        cls.warm(EU)
-
-    @classmethod
-    def warm(cls, via: str) -> None:
-        image = cls.stack.image
-        for platform in image.manifests:
-            for blob in [image.configs[platform], *image.layers[platform]]:
-                path = f"/v2/{stk.REPOSITORY}/blobs/{blob.digest}"
-                assert request(cls.stack.port(via), "HEAD", path)[0] == 307, (via, path)
+        warm_existence_cache(cls.stack, EU)
 
     def test_blobs_not_known_on_the_mirror_are_not_advertised(self):
         before = self.counters()
         status, got, body = self.manifest("GET", "1.0", via="aws-us-east-1")
         self.assertEqual((status, sha256(body)), (200, self.image.index.digest))
         self.assertEqual(self.counters()["manifest.untouched.blobs_unverified"] - before.get("manifest.untouched.blobs_unverified", 0), 1)
-        self.warm("aws-us-east-1")
+        warm_existence_cache(self.stack, "aws-us-east-1")
         status, got, body = self.manifest("GET", "1.0", via="aws-us-east-1")
         self.assertNotEqual(sha256(body), self.image.index.digest)
         self.assertEqual(got["docker-content-digest"], sha256(body))
