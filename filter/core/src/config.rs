@@ -7,6 +7,7 @@ use crate::cidr_table::{parse_prefix, CidrTable, Entry};
 use crate::client_ip::ClientIpSettings;
 use crate::existence::{self, ExistenceSettings};
 use crate::manifest::{self, ManifestSettings};
+use crate::store::{self, StoreSettings};
 use crate::url_template::UrlTemplate;
 use ipnet::IpNet;
 use serde::Deserialize;
@@ -379,6 +380,9 @@ impl Validator {
             }
         }
         self.user_agents(&raw.manifests.user_agents);
+        if let Some(store) = &raw.manifests.store {
+            self.store(store);
+        }
         if let Some(header) = &raw.decision_header {
             if !is_header_name(header) {
                 self.error(
@@ -423,6 +427,33 @@ impl Validator {
             existence_check: raw.existence_check.clone(),
             manifests: raw.manifests.clone(),
         })
+    }
+
+    /// `manifests.store`: a cluster, a prefix, and bounds in range.
+    fn store(&mut self, store: &StoreSettings) {
+        if store.cluster.is_empty() {
+            self.error("manifests.store.cluster", "must name the Envoy cluster that reaches etcd");
+        }
+        if store.prefix.is_empty()
+            || store.prefix.len() > store::MAX_PREFIX_LEN
+            || !store.prefix.bytes().all(|b| b.is_ascii_graphic())
+        {
+            let message = format!(
+                "{:?} must be 1 to {} visible ASCII characters (the namespace of this registry's keys)",
+                store.prefix,
+                store::MAX_PREFIX_LEN
+            );
+            self.error("manifests.store.prefix", message);
+        }
+        for (field, value, range) in [
+            ("manifests.store.ttl_s", store.ttl_s, store::TTL_S),
+            ("manifests.store.timeout_ms", store.timeout_ms, store::TIMEOUT_MS),
+        ] {
+            if !range.contains(&value) {
+                let message = format!("{value} is outside {}..={}", range.start(), range.end());
+                self.error(field, message);
+            }
+        }
     }
 
     /// `manifests.user_agents`: one or more prefixes, or `"*"` alone.
@@ -620,6 +651,34 @@ mod tests {
         );
         let many = format!("[{}]", vec![r#""x/""#; 65].join(","));
         assert_eq!(errors(&with(&many)), ["manifests.user_agents: 65 entries; at most 64"]);
+    }
+
+    #[test]
+    fn the_store_names_a_cluster_a_prefix_and_bounds() {
+        let with = |store: &str| {
+            format!(
+                r#"{{"backends": [{{"name": "a", "blob_url": "https://a/{{digest}}", "cidrs": []}}],
+                    "manifests": {{"rewrite": true, "store": {store}}}}}"#
+            )
+        };
+        let config = Config::from_json(with(r#"{"cluster": "etcd"}"#).as_bytes()).unwrap();
+        let store = config.manifests.store.unwrap();
+        assert_eq!(
+            (store.prefix.as_str(), store.ttl_s, store.timeout_ms),
+            ("/blobsteer/digests/", 2_592_000, 500)
+        );
+        assert_eq!(
+            errors(&with(r#"{"cluster": "", "prefix": "a b", "ttl_s": 10, "timeout_ms": 0}"#)),
+            [
+                "manifests.store.cluster: must name the Envoy cluster that reaches etcd",
+                r#"manifests.store.prefix: "a b" must be 1 to 256 visible ASCII characters (the namespace of this registry's keys)"#,
+                "manifests.store.ttl_s: 10 is outside 60..=31536000",
+                "manifests.store.timeout_ms: 0 is outside 1..=10000",
+            ]
+        );
+        assert!(
+            errors(&with(r#"{"cluster": "etcd", "ttl": 5}"#))[0].contains("unknown field `ttl`")
+        );
     }
 
     #[test]

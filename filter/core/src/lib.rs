@@ -4,6 +4,7 @@
 //! The wasm filter only reads from Envoy, calls into this crate, and applies the answer; the
 //! `blobsteer` CLI calls the very same functions.
 
+pub mod base64;
 pub mod cidr_table;
 pub mod client_ip;
 pub mod config;
@@ -11,10 +12,12 @@ pub mod decision;
 pub mod digest;
 pub mod existence;
 pub mod manifest;
+pub mod mapping;
 pub mod ranges;
 pub mod registry_path;
 pub mod rewriting;
 pub mod slot;
+pub mod store;
 pub mod url_template;
 
 pub use config::{Backend, BlobMode, Config, ConfigError, ConfigErrors, Target};

@@ -16,6 +16,14 @@ pub enum Purpose {
     Check,
     /// The fetch of one child of an index, by its digest.
     Child(String),
+    /// A lease asked of the fleet's store.
+    StoreLease,
+    /// The creation (or renewal) of a held rewrite's records in the store.
+    StoreWrite,
+    /// The read of a digest this Envoy does not know.
+    StoreRead,
+    /// The renewal of a record in use; nothing waits for it.
+    StoreRenew,
 }
 
 /// The callouts of one stream that have not answered.

@@ -79,7 +79,7 @@ pub fn start<H: Host>(
         (":scheme", check.scheme),
     ];
     let timeout = Duration::from_millis(u64::from(vm.config.existence_check.timeout_ms));
-    match vm.host.dispatch(&check.cluster, &headers, timeout) {
+    match vm.host.dispatch(&check.cluster, &headers, None, timeout) {
         Ok(token) => {
             vm.metrics.count_check(&vm.host, CheckEvent::Sent);
             callouts.record(token, Purpose::Check);

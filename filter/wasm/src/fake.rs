@@ -41,6 +41,7 @@ pub struct Call {
     pub context_id: u32,
     pub cluster: String,
     pub headers: Vec<(String, String)>,
+    pub body: Option<Vec<u8>>,
     pub timeout: Duration,
 }
 
@@ -186,6 +187,7 @@ impl Host for FakeHost {
         &self,
         cluster: &str,
         headers: &[(&str, &str)],
+        body: Option<&[u8]>,
         timeout: Duration,
     ) -> Result<u32, Refused> {
         self.refused("dispatch")?;
@@ -197,6 +199,7 @@ impl Host for FakeHost {
             context_id,
             cluster: cluster.to_string(),
             headers: headers.iter().map(|(n, v)| (n.to_string(), v.to_string())).collect(),
+            body: body.map(<[u8]>::to_vec),
             timeout,
         });
         Ok(token)

@@ -59,6 +59,7 @@ pub trait Host {
         &self,
         cluster: &str,
         headers: &[(&str, &str)],
+        body: Option<&[u8]>,
         timeout: Duration,
     ) -> Result<u32, Refused>;
     /// A header of the callout being answered. Read only through `callout::Answer`: with no
@@ -140,9 +141,10 @@ impl Host for Envoy {
         &self,
         cluster: &str,
         headers: &[(&str, &str)],
+        body: Option<&[u8]>,
         timeout: Duration,
     ) -> Result<u32, Refused> {
-        hostcalls::dispatch_http_call(cluster, headers.to_vec(), None, vec![], timeout)
+        hostcalls::dispatch_http_call(cluster, headers.to_vec(), body, vec![], timeout)
             .map_err(Refused)
     }
 

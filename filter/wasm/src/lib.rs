@@ -7,7 +7,8 @@
 //! were: the filter fails open.
 //!
 //! The modules, in the order their imports run: `host` (the seam), `metrics`,
-//! `check_registry` and `vm` (what a VM's streams share), `callout` (answers by token), the
+//! `check_registry` and `vm` (what a VM's streams share), `callout` (answers by token),
+//! `memory` (produced digests in shared data) and `store` (calls to the fleet's etcd), the
 //! phase owners `blob`, `check` and `manifest`, then `stream` (one HTTP stream) and `root`.
 //! `sdk` connects them to the proxy-wasm SDK's traits. `docs/request-handling.md` draws the
 //! flow.
@@ -18,9 +19,11 @@ mod check;
 mod check_registry;
 mod host;
 mod manifest;
+mod memory;
 mod metrics;
 mod root;
 mod sdk;
+mod store;
 mod stream;
 mod vm;
 

@@ -6,11 +6,14 @@
 use crate::callout::{Answer, Callouts, Purpose};
 use crate::check;
 use crate::host::{Headers, Host};
+use crate::memory;
+use crate::store;
 use crate::vm::Vm;
-use blobsteer_core::manifest::{Child, Mapping, Untouched, SECRET_KEY};
+use blobsteer_core::manifest::{Child, Mapping, Untouched};
 use blobsteer_core::rewriting::{
     self, BodyStep, HeadVerdict, Leave, ManifestJob, Reply, UpstreamHead,
 };
+use blobsteer_core::store::{Created, StoreEvent, StoreSettings};
 use blobsteer_core::{Action, ClientMatch, DigestLookup, ManifestPlan};
 use proxy_wasm::types::Action as HostAction;
 use std::collections::HashMap;
@@ -25,6 +28,10 @@ pub enum Phase {
     Buffering(ManifestJob),
     /// Headers and body held while an index's children are fetched.
     Children(Box<ChildFetch>),
+    /// A rewrite held until the fleet's store has the records of its digests.
+    Storing(Box<Storing>),
+    /// A digest this Envoy does not know, asked of the fleet's store (the request is held).
+    Looking(DigestLookup),
     /// The client asked `HEAD`, the upstream was asked `GET`: the body must not reach the
     /// client.
     DropBody,
@@ -41,6 +48,42 @@ pub struct ChildFetch {
     fetched: HashMap<String, Child>,
 }
 
+/// A rewrite whose digests the fleet's store must hold before any client sees them.
+#[derive(Debug)]
+pub struct Storing {
+    job: ManifestJob,
+    reply: Reply,
+    body_size: usize,
+    /// The records not yet known to be in the store.
+    records: Vec<Mapping>,
+    /// Creations sent (a second one writes what another replica's race left missing).
+    creations: u8,
+    /// Records found old are being written again.
+    renewing: bool,
+}
+
+/// What a request by digest leads to.
+#[derive(Debug)]
+pub enum Looked {
+    /// A digest this Envoy produced (or learned): its original is asked for.
+    Found((HostAction, Option<Phase>)),
+    /// Not known here: the fleet's store is asked, the request held.
+    Asking(Phase),
+    /// A digest nobody produced: untouched.
+    Unknown,
+}
+
+/// What a manifest phase becomes after a store's answer.
+#[derive(Debug)]
+pub enum AfterStore {
+    /// Still waiting, or now in this phase.
+    Phase(Box<Phase>),
+    /// Nothing left to do.
+    Done,
+    /// A digest the store does not know: the request went upstream untouched.
+    Unknown,
+}
+
 /// A tag request of a client with a backend: the upstream's answer will be rewritten.
 /// `header` gives the request's headers, as read once by the stream.
 pub fn start<H: Host>(
@@ -55,21 +98,218 @@ pub fn start<H: Host>(
     (HostAction::Continue, Some(Phase::Requested(ManifestJob::new(plan, client, header))))
 }
 
-/// A manifest asked for by digest: if the filter produced it, ask the upstream for the original
-/// and serve its rewrite again; `None` if it did not (a pinned pull, left alone).
+/// A manifest asked for by digest: if the filter produced it (this Envoy remembers it, or the
+/// fleet's store has it), ask the upstream for the original and serve its rewrite again.
 pub fn lookup<H: Host>(
     vm: &Vm<H>,
+    callouts: &mut Callouts,
     lookup: DigestLookup,
     header: impl Fn(&str) -> Option<String>,
-) -> Option<(HostAction, Option<Phase>)> {
-    let keys = rewriting::lookup_keys(&vm.config, &lookup, &secret(vm));
-    let remembered = keys.map(|key| vm.host.shared(&key));
+) -> Looked {
+    let remembered = memory::recall(vm, &lookup.digest);
     let remembered = [remembered[0].as_deref(), remembered[1].as_deref()];
+    let store = vm.config.manifests.store.as_ref();
+    if let Some(settings) = store {
+        renew_if_stale(vm, settings, callouts, &lookup.digest, remembered);
+    }
+    if let Some(found) = reissue(vm, lookup.clone(), remembered, header) {
+        return Looked::Found(found);
+    }
+    let Some(settings) = store else {
+        return Looked::Unknown;
+    };
+    let call = settings.read(&lookup.repository, &lookup.digest);
+    if store::send(vm, settings, callouts, &call, Purpose::StoreRead) {
+        Looked::Asking(Phase::Looking(lookup))
+    } else {
+        Looked::Unknown
+    }
+}
+
+/// The request for the original of a digest remembered in `remembered`, if it is one.
+fn reissue<H: Host>(
+    vm: &Vm<H>,
+    lookup: DigestLookup,
+    remembered: [Option<&[u8]>; 2],
+    header: impl Fn(&str) -> Option<String>,
+) -> Option<(HostAction, Option<Phase>)> {
     let reissue = rewriting::reissue(&vm.config, lookup, remembered)?;
     if !vm.set_request_header(":path", &reissue.original_path) {
         return Some((HostAction::Continue, None));
     }
     Some(start(vm, reissue.plan, None, header))
+}
+
+/// A remembered record older than a quarter of the store's TTL is written to the store again
+/// (under the VM's lease; without a fresh one, a lease is asked for the next use), so a digest
+/// in use never expires. Nothing waits for it.
+fn renew_if_stale<H: Host>(
+    vm: &Vm<H>,
+    settings: &StoreSettings,
+    callouts: &mut Callouts,
+    digest: &str,
+    remembered: [Option<&[u8]>; 2],
+) {
+    let now = vm.host.now_s();
+    let Some((mapping, at)) = remembered.iter().find_map(|v| Mapping::decode_at(*v, digest)) else {
+        return;
+    };
+    if !settings.is_stale(at, now) {
+        return;
+    }
+    match store::fresh_lease(vm, settings) {
+        Some(lease) => {
+            let call = settings.renew(&[&mapping], &lease, now);
+            if store::send(vm, settings, callouts, &call, Purpose::StoreRenew) {
+                memory::remember(vm, digest, &mapping.encode(now));
+            }
+        }
+        None => {
+            store::send(vm, settings, callouts, &settings.grant(), Purpose::StoreLease);
+        }
+    }
+}
+
+/// The reply is known: sent now, or, for a new rewrite that the fleet's store must hold first,
+/// held until it does. `None` once it is applied.
+fn finish<H: Host>(
+    vm: &Vm<H>,
+    callouts: &mut Callouts,
+    job: ManifestJob,
+    reply: Reply,
+    body_size: usize,
+) -> Option<Phase> {
+    let (Some(settings), Reply::Rewritten { remember, action: Action::ManifestRewritten, .. }) =
+        (vm.config.manifests.store.as_ref(), &reply)
+    else {
+        apply(vm, &job, &reply, body_size);
+        return None;
+    };
+    // Records this Envoy wrote (or read) within a quarter of the TTL are known to be there.
+    let now = vm.host.now_s();
+    let records: Vec<Mapping> = remember
+        .iter()
+        .filter(|record| {
+            let held = memory::recall(vm, &record.digest);
+            let known = held.iter().find_map(|v| Mapping::decode_at(v.as_deref(), &record.digest));
+            !known.is_some_and(|(m, at)| m == **record && !settings.is_stale(at, now))
+        })
+        .cloned()
+        .collect();
+    if records.is_empty() {
+        apply(vm, &job, &reply, body_size);
+        return None;
+    }
+    let storing = Storing { job, reply, body_size, records, creations: 0, renewing: false };
+    storing.send_next(vm, settings, callouts)
+}
+
+impl Storing {
+    /// Sends the next call: a lease if the VM has no fresh one, else the creation (or renewal)
+    /// of the records. Gives up if the host refuses it.
+    fn send_next<H: Host>(
+        mut self,
+        vm: &Vm<H>,
+        settings: &StoreSettings,
+        callouts: &mut Callouts,
+    ) -> Option<Phase> {
+        let now = vm.host.now_s();
+        let sent = match store::fresh_lease(vm, settings) {
+            Some(lease) if self.renewing => {
+                let records: Vec<&Mapping> = self.records.iter().collect();
+                let call = settings.renew(&records, &lease, now);
+                store::send(vm, settings, callouts, &call, Purpose::StoreWrite)
+            }
+            Some(lease) => {
+                self.creations += 1;
+                let call = settings.create(&self.records, &lease, now);
+                store::send(vm, settings, callouts, &call, Purpose::StoreWrite)
+            }
+            None => store::send(vm, settings, callouts, &settings.grant(), Purpose::StoreLease),
+        };
+        if sent {
+            return Some(Phase::Storing(Box::new(self)));
+        }
+        self.give_up(vm);
+        None
+    }
+
+    /// The store's answer to this rewrite's last call.
+    fn answered<H: Host>(
+        mut self,
+        vm: &Vm<H>,
+        settings: &StoreSettings,
+        callouts: &mut Callouts,
+        purpose: &Purpose,
+        answer: Answer,
+    ) -> Option<Phase> {
+        if *purpose == Purpose::StoreLease {
+            if store::take_lease(vm, answer).is_none() {
+                self.give_up(vm);
+                return None;
+            }
+            return self.send_next(vm, settings, callouts);
+        }
+        let Ok(body) = store::body(vm, answer) else {
+            if self.renewing {
+                self.send(vm);
+            } else {
+                self.give_up(vm);
+            }
+            return None;
+        };
+        if self.renewing {
+            vm.metrics.count_store(&vm.host, StoreEvent::Renewed);
+            self.send(vm);
+            return None;
+        }
+        match settings.read_created(&body, &self.records, vm.host.now_s()) {
+            Ok(Created::Stored { stale }) => {
+                vm.metrics.count_store(&vm.host, StoreEvent::Written);
+                if stale.is_empty() {
+                    self.send(vm);
+                    return None;
+                }
+                self.records = stale.iter().filter_map(|&i| self.records.get(i).cloned()).collect();
+                self.renewing = true;
+                self.send_next(vm, settings, callouts)
+            }
+            Ok(Created::Missing(missing)) if self.creations < 2 => {
+                self.records =
+                    missing.iter().filter_map(|&i| self.records.get(i).cloned()).collect();
+                self.send_next(vm, settings, callouts)
+            }
+            Ok(Created::Conflict) => {
+                vm.metrics.count_store(&vm.host, StoreEvent::Conflict);
+                self.give_up(vm);
+                None
+            }
+            Ok(Created::Missing(_)) | Err(_) => {
+                vm.metrics.count_store(&vm.host, StoreEvent::Failed);
+                self.give_up(vm);
+                None
+            }
+        }
+    }
+
+    /// The store holds every record: the rewrite goes out.
+    fn send<H: Host>(self, vm: &Vm<H>) {
+        apply(vm, &self.job, &self.reply, self.body_size);
+        resume(vm);
+    }
+
+    /// The store cannot be trusted with the digest: the original goes out.
+    fn give_up<H: Host>(self, vm: &Vm<H>) {
+        apply(vm, &self.job, &self.job.give_up(Untouched::StoreUnavailable), self.body_size);
+        resume(vm);
+    }
+}
+
+/// Lets the held response go on.
+fn resume<H: Host>(vm: &Vm<H>) {
+    if let Err(refused) = vm.host.resume_response() {
+        log::warn!("cannot resume the response after the store answered: {refused:?}");
+    }
 }
 
 impl Phase {
@@ -112,10 +352,10 @@ impl Phase {
                 let known = |c: &_| check::cached(vm, c);
                 let step = job.on_body(&vm.config, &body, &mut vm.rewrites.borrow_mut(), &known);
                 match step {
-                    BodyStep::Reply(reply) => {
-                        apply(vm, &job, &reply, body_size);
-                        (HostAction::Continue, None)
-                    }
+                    BodyStep::Reply(reply) => match finish(vm, callouts, job, reply, body_size) {
+                        Some(held) => (HostAction::Pause, Some(held)),
+                        None => (HostAction::Continue, None),
+                    },
                     BodyStep::FetchChildren(children) => {
                         fetch_children(vm, callouts, job, body, body_size, children)
                     }
@@ -127,7 +367,13 @@ impl Phase {
 
     /// A child's answer arrived (or failed); once all are in, the index is completed and the
     /// response resumed.
-    pub fn on_child<H: Host>(self, vm: &Vm<H>, digest: String, answer: Answer) -> Option<Phase> {
+    pub fn on_child<H: Host>(
+        self,
+        vm: &Vm<H>,
+        callouts: &mut Callouts,
+        digest: String,
+        answer: Answer,
+    ) -> Option<Phase> {
         let Phase::Children(mut fetch) = self else {
             return Some(self);
         };
@@ -146,12 +392,83 @@ impl Phase {
         let known = |c: &_| check::cached(vm, c);
         let reply =
             job.complete(&vm.config, &index, &fetched, &mut vm.rewrites.borrow_mut(), &known);
-        apply(vm, &job, &reply, body_size);
+        if let Some(held) = finish(vm, callouts, job, reply, body_size) {
+            return Some(held);
+        }
         if let Err(refused) = vm.host.resume_response() {
             log::warn!("cannot resume the response after an index's children: {refused:?}");
         }
         None
     }
+
+    /// The fleet's store answered one of this phase's calls.
+    pub fn on_store<H: Host>(
+        self,
+        vm: &Vm<H>,
+        callouts: &mut Callouts,
+        purpose: &Purpose,
+        answer: Answer,
+    ) -> AfterStore {
+        let Some(settings) = vm.config.manifests.store.as_ref() else {
+            return AfterStore::Phase(Box::new(self));
+        };
+        match self {
+            Phase::Storing(storing) => {
+                match storing.answered(vm, settings, callouts, purpose, answer) {
+                    Some(phase) => AfterStore::Phase(Box::new(phase)),
+                    None => AfterStore::Done,
+                }
+            }
+            Phase::Looking(lookup) if *purpose == Purpose::StoreRead => {
+                looked_up(vm, settings, callouts, lookup, answer)
+            }
+            other => AfterStore::Phase(Box::new(other)),
+        }
+    }
+}
+
+/// The store's answer to a digest this Envoy did not know: a record is remembered here and its
+/// original asked for; anything else leaves the request untouched. The request goes on.
+fn looked_up<H: Host>(
+    vm: &Vm<H>,
+    settings: &StoreSettings,
+    callouts: &mut Callouts,
+    lookup: DigestLookup,
+    answer: Answer,
+) -> AfterStore {
+    let found = store::body(vm, answer)
+        .ok()
+        .map(|body| settings.read_record(&body, &lookup.repository, &lookup.digest));
+    let next = match found {
+        Some(Ok(Some((value, _)))) => {
+            vm.metrics.count_store(&vm.host, StoreEvent::Hit);
+            memory::remember(vm, &lookup.digest, &value);
+            renew_if_stale(vm, settings, callouts, &lookup.digest, [Some(&value), None]);
+            let headers = vm.host.headers(Headers::Request);
+            let header = |name: &str| {
+                let value = headers.iter().find(|(n, _)| n == name).map(|(_, v)| v.clone())?;
+                String::from_utf8(value).ok()
+            };
+            match reissue(vm, lookup, [Some(&value), None], header) {
+                Some((_, Some(phase))) => AfterStore::Phase(Box::new(phase)),
+                Some((_, None)) => AfterStore::Done,
+                None => AfterStore::Unknown,
+            }
+        }
+        Some(Ok(None)) => {
+            vm.metrics.count_store(&vm.host, StoreEvent::Miss);
+            AfterStore::Unknown
+        }
+        Some(Err(_)) => {
+            vm.metrics.count_store(&vm.host, StoreEvent::Failed);
+            AfterStore::Unknown
+        }
+        None => AfterStore::Unknown,
+    };
+    if let Err(refused) = vm.host.resume_request() {
+        log::warn!("cannot resume a request after the store answered: {refused:?}");
+    }
+    next
 }
 
 /// Dispatches every child of an index to the route's cluster and holds the response. The
@@ -186,7 +503,7 @@ fn fetch_children<H: Host>(
         let request = job.child_request(&child);
         let headers: Vec<(&str, &str)> =
             request.headers.iter().map(|(n, v)| (*n, v.as_str())).collect();
-        match vm.host.dispatch(&cluster, &headers, timeout) {
+        match vm.host.dispatch(&cluster, &headers, None, timeout) {
             Ok(token) => callouts.record(token, Purpose::Child(child)),
             Err(refused) => {
                 log::warn!("cannot fetch index child {child} from {cluster}: {refused:?}");
@@ -236,16 +553,9 @@ fn apply<H: Host>(vm: &Vm<H>, job: &ManifestJob, reply: &Reply, body_size: usize
         (action, None) => vm.count(action, backend),
     }
     if let Reply::Rewritten { remember, .. } = reply {
-        let (secret, now) = (secret(vm), vm.host.now_s());
+        let now = vm.host.now_s();
         for mapping in remember {
-            let places =
-                Mapping::places(&mapping.digest, vm.config.manifests.mapping_slots, &secret);
-            let held = places.clone().map(|key| vm.host.shared(&key));
-            let at = Mapping::choose(&mapping.digest, [held[0].as_deref(), held[1].as_deref()]);
-            let key = places.get(at).map_or("", String::as_str);
-            if let Err(refused) = vm.host.set_shared(key, &mapping.encode(now)) {
-                log::warn!("cannot remember a rewritten digest ({key}): {refused:?}");
-            }
+            memory::remember(vm, &mapping.digest, &mapping.encode(now));
         }
     }
     let edit = job.edit(reply);
@@ -265,19 +575,6 @@ fn apply<H: Host>(vm: &Vm<H>, job: &ManifestJob, reply: &Reply, body_size: usize
     if let Some(text) = description {
         vm.add_decision_header(&text);
     }
-}
-
-/// The Envoy's secret that places produced digests (shared by its workers): made at first use,
-/// then read back, so the workers that race to make it end up with the one written last.
-fn secret<H: Host>(vm: &Vm<H>) -> Vec<u8> {
-    if let Some(secret) = vm.host.shared(SECRET_KEY).filter(|s| !s.is_empty()) {
-        return secret;
-    }
-    let made = format!("{:016x}{:016x}", vm.host.random(), vm.host.random()).into_bytes();
-    if let Err(refused) = vm.host.set_shared(SECRET_KEY, &made) {
-        log::warn!("cannot keep the secret that places produced digests: {refused:?}");
-    }
-    vm.host.shared(SECRET_KEY).filter(|s| !s.is_empty()).unwrap_or(made)
 }
 
 /// The upstream cluster of the route (`xds.cluster_name`).

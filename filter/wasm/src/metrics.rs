@@ -8,6 +8,7 @@
 use crate::host::Host;
 use blobsteer_core::existence::CheckOutcome;
 use blobsteer_core::manifest::Untouched;
+use blobsteer_core::store::StoreEvent;
 use blobsteer_core::{Action, Config};
 use std::collections::HashMap;
 
@@ -62,6 +63,8 @@ pub struct Metrics {
     checks: HashMap<CheckEvent, u32>,
     /// `blobsteer.manifest.untouched.<reason>`; `None` is an upstream answer other than 200.
     untouched: HashMap<Option<Untouched>, u32>,
+    /// `blobsteer.store.<event>`, defined only with a store configured.
+    store: HashMap<StoreEvent, u32>,
 }
 
 impl Metrics {
@@ -99,7 +102,14 @@ impl Metrics {
                 define(host, format!("blobsteer.manifest.untouched.{name}")).map(|id| (reason, id))
             })
             .collect();
-        Metrics { actions, per_backend, checks, untouched }
+        let store = StoreEvent::ALL
+            .into_iter()
+            .filter(|_| config.manifests.store.is_some())
+            .filter_map(|e| {
+                define(host, format!("blobsteer.store.{}", e.as_str())).map(|id| (e, id))
+            })
+            .collect();
+        Metrics { actions, per_backend, checks, untouched, store }
     }
 
     /// Counts one action, and its backend's counter when there is one.
@@ -122,6 +132,13 @@ impl Metrics {
     ) {
         self.count(host, Action::ManifestUntouched, backend);
         if let Some(&id) = self.untouched.get(&reason) {
+            increment(host, id);
+        }
+    }
+
+    /// Counts an event of the fleet's store.
+    pub fn count_store(&self, host: &impl Host, event: StoreEvent) {
+        if let Some(&id) = self.store.get(&event) {
             increment(host, id);
         }
     }

@@ -7,7 +7,8 @@ use crate::callout::{Answer, Callouts, Purpose};
 use crate::check::{self, Held, Outcome};
 use crate::check_registry::Then;
 use crate::host::{Delivered, Headers, Host};
-use crate::manifest;
+use crate::manifest::{self, AfterStore, Looked};
+use crate::store;
 use crate::vm::Vm;
 use blobsteer_core::decision::{decide_route, route};
 use blobsteer_core::existence::CheckRequest;
@@ -87,9 +88,13 @@ impl<H: Host> Stream<H> {
                 self.manifest(manifest::start(&vm, plan, client, owned))
             }
             (RequestStep::LookupRewritten(lookup), _, _) => {
-                match manifest::lookup(&vm, lookup, owned) {
-                    Some(step) => self.manifest(step),
-                    None => self.pass(Action::PassedPinnedManifest, None),
+                match manifest::lookup(&vm, &mut self.callouts, lookup, owned) {
+                    Looked::Found(step) => self.manifest(step),
+                    Looked::Asking(phase) => {
+                        self.phase = Phase::Manifest(phase);
+                        HostAction::Pause
+                    }
+                    Looked::Unknown => self.pass(Action::PassedPinnedManifest, None),
                 }
             }
             (RequestStep::Pass(action), client, _) => self.pass(action, client.as_ref()),
@@ -181,12 +186,38 @@ impl<H: Host> Stream<H> {
                 manifest::release_fetches(&vm, 1);
                 match phase {
                     Phase::Manifest(phase) => {
-                        if let Some(next) = phase.on_child(&vm, digest, answer) {
+                        if let Some(next) = phase.on_child(&vm, &mut self.callouts, digest, answer)
+                        {
                             self.phase = Phase::Manifest(next);
                         }
                     }
                     other => self.phase = other,
                 }
+            }
+            (Purpose::StoreRenew, phase) => {
+                store::renewed(&vm, answer);
+                self.phase = phase;
+            }
+            (purpose @ (Purpose::StoreLease | Purpose::StoreWrite | Purpose::StoreRead), phase) => {
+                self.phase = match phase {
+                    Phase::Manifest(phase) => {
+                        match phase.on_store(&vm, &mut self.callouts, &purpose, answer) {
+                            AfterStore::Phase(next) => Phase::Manifest(*next),
+                            AfterStore::Done => Phase::Idle,
+                            AfterStore::Unknown => {
+                                self.pass(Action::PassedPinnedManifest, None);
+                                std::mem::take(&mut self.phase)
+                            }
+                        }
+                    }
+                    // A lease asked for a later renewal, by a stream in another phase.
+                    other => {
+                        if purpose == Purpose::StoreLease {
+                            store::take_lease(&vm, answer);
+                        }
+                        other
+                    }
+                };
             }
             (_, phase) => self.phase = phase,
         }

@@ -260,6 +260,7 @@ fn an_unknown_token_is_ignored() {
         context_id: 1,
         cluster: "elsewhere".into(),
         headers: vec![],
+        body: None,
         timeout: std::time::Duration::ZERO,
     });
     vm.answer(999, &[(":status", "200")], b"");
@@ -587,4 +588,171 @@ fn a_child_larger_than_max_child_bytes_is_not_read() {
     assert_eq!(vm.host.state().call_bodies_read, 1, "the large child's body stays in Envoy");
     assert_eq!(vm.host.stream(1).body, INDEX);
     assert_eq!(vm.host.counter("manifest.untouched.child_unavailable"), 1);
+}
+
+/// A VM that rewrites, with the fleet's store on cluster `etcd`.
+fn with_store() -> Vm {
+    Vm::new(
+        "",
+        r#", "manifests": {"rewrite": true, "store": {"cluster": "etcd", "prefix": "/r/", "ttl_s": 400}}"#,
+    )
+}
+
+const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
+
+/// A containerd tag request for an image manifest, answered by the upstream; the response is
+/// held for the store.
+fn image_held(vm: &mut Vm, id: u32) {
+    vm.tag(id, "GET");
+    let head = [(":status", "200"), ("content-type", OCI_MANIFEST)];
+    assert_eq!(vm.response_headers(id, &head), HostAction::Pause);
+    assert_eq!(vm.response_body(id, CHILDREN[0].1), HostAction::Pause, "held for the store");
+}
+
+fn json_body(call: &crate::fake::Call) -> serde_json::Value {
+    serde_json::from_slice(call.body.as_deref().unwrap()).unwrap()
+}
+
+#[test]
+fn a_rewrite_is_sent_only_once_the_store_has_its_record() {
+    let mut vm = with_store();
+    image_held(&mut vm, 1);
+    let calls = vm.calls();
+    assert_eq!(calls.len(), 1);
+    assert_eq!(
+        (calls[0].cluster.as_str(), calls[0].header(":path")),
+        ("etcd", Some("/v3/lease/grant"))
+    );
+    assert_eq!(calls[0].header(":method"), Some("POST"));
+    vm.answer(calls[0].token, &[(":status", "200")], br#"{"header":{},"ID":"77","TTL":"400"}"#);
+    let calls = vm.calls();
+    assert_eq!(calls[1].header(":path"), Some("/v3/kv/txn"));
+    let txn = json_body(&calls[1]);
+    assert_eq!(txn["success"][0]["request_put"]["lease"], "77");
+    assert_eq!(vm.host.stream(1).resumed_responses, 0, "not before the store has it");
+    vm.answer(calls[1].token, &[(":status", "200")], br#"{"succeeded":true,"responses":[{}]}"#);
+    let stream = vm.host.stream(1);
+    assert_eq!(stream.resumed_responses, 1);
+    let digest = stream.response_header("docker-content-digest").unwrap();
+    assert_eq!(blobsteer_core::manifest::sha256_digest(&stream.body), digest);
+    assert_ne!(digest, CHILDREN[0].0);
+    let key = txn["success"][0]["request_put"]["key"].as_str().unwrap();
+    assert_eq!(
+        blobsteer_core::base64::decode(key).unwrap(),
+        format!("/r/demo/hello@{digest}").into_bytes()
+    );
+    moved(
+        &vm,
+        &[
+            ("manifest_rewritten", 1),
+            ("backend.eu.manifest_rewritten", 1),
+            ("store.lease_granted", 1),
+            ("store.written", 1),
+        ],
+    );
+    // The same rewrite again: the record is known here, fresh, so nothing is asked.
+    vm.tag(2, "GET");
+    vm.response_headers(2, &[(":status", "200"), ("content-type", OCI_MANIFEST)]);
+    assert_eq!(vm.response_body(2, CHILDREN[0].1), HostAction::Continue);
+    assert_eq!(vm.calls().len(), 2);
+    assert_eq!(vm.host.stream(2).response_header("docker-content-digest"), Some(digest));
+}
+
+#[test]
+fn a_rewrite_the_store_cannot_take_goes_out_as_it_came() {
+    type Answered<'a> = (&'a [(&'a str, &'a str)], &'a [u8], &'a str);
+    let answers: [Answered<'_>; 4] = [
+        (&[(":status", "504")], b"", "store.timeout"),
+        (&[], b"", "store.timeout"),
+        (&[(":status", "200")], b"<html>", "store.failed"),
+        (&[(":status", "503")], b"", "store.failed"),
+    ];
+    for (headers, body, counted) in answers {
+        let mut vm = with_store();
+        image_held(&mut vm, 1);
+        let grant = vm.calls()[0].token;
+        vm.answer(grant, &[(":status", "200")], br#"{"ID":"5"}"#);
+        vm.answer(vm.calls()[1].token, headers, body);
+        let stream = vm.host.stream(1);
+        assert_eq!(stream.resumed_responses, 1, "{counted}");
+        assert_eq!(stream.response_header("docker-content-digest"), None, "the original's");
+        assert_eq!(stream.body, CHILDREN[0].1);
+        assert_eq!(vm.host.counter(counted), 1, "{counted}");
+        assert_eq!(vm.host.counter("manifest.untouched.store_unavailable"), 1);
+        assert_eq!(vm.host.counter("manifest_rewritten"), 0);
+    }
+    // A key holding another record: the digest is not handed out either.
+    let mut vm = with_store();
+    image_held(&mut vm, 1);
+    vm.answer(vm.calls()[0].token, &[(":status", "200")], br#"{"ID":"5"}"#);
+    let txn = json_body(&vm.calls()[1]);
+    let key = txn["compare"][0]["key"].as_str().unwrap();
+    let digest = {
+        let key = blobsteer_core::base64::decode(key).unwrap();
+        String::from_utf8(key).unwrap().rsplit('@').next().unwrap().to_string()
+    };
+    let other = format!("{digest} us demo/hello sha256:{} 1", "0".repeat(64));
+    let value = blobsteer_core::base64::encode(other.as_bytes());
+    let conflict = format!(
+        r#"{{"responses":[{{"response_range":{{"kvs":[{{"key":"{key}","value":"{value}"}}]}}}}]}}"#
+    );
+    vm.answer(vm.calls()[1].token, &[(":status", "200")], conflict.as_bytes());
+    assert_eq!(vm.host.counter("store.conflict"), 1);
+    assert_eq!(vm.host.stream(1).body, CHILDREN[0].1);
+}
+
+#[test]
+fn a_digest_this_envoy_does_not_know_is_asked_of_the_store() {
+    // Another Envoy produced it: this one's shared data is empty.
+    let mut producer = with_store();
+    image_held(&mut producer, 1);
+    producer.answer(producer.calls()[0].token, &[(":status", "200")], br#"{"ID":"5"}"#);
+    let txn = json_body(&producer.calls()[1]);
+    producer.answer(producer.calls()[1].token, &[(":status", "200")], br#"{"succeeded":true}"#);
+    let digest = producer.host.stream(1).response_header("docker-content-digest").unwrap();
+    let put = &txn["success"][0]["request_put"];
+
+    let mut vm = with_store();
+    let path = format!("/v2/demo/hello/manifests/{digest}");
+    let by_digest = [(":method", "GET"), (":path", path.as_str()), ("user-agent", "curl/8")];
+    assert_eq!(vm.request(1, &by_digest), HostAction::Pause);
+    let read = vm.calls()[0].clone();
+    assert_eq!(read.header(":path"), Some("/v3/kv/range"));
+    assert_eq!(json_body(&read)["key"], put["key"]);
+    let found = format!(
+        r#"{{"header":{{}},"kvs":[{{"key":{},"value":{},"version":"1"}}],"count":"1"}}"#,
+        put["key"], put["value"]
+    );
+    vm.answer(read.token, &[(":status", "200")], found.as_bytes());
+    let stream = vm.host.stream(1);
+    assert_eq!(stream.resumed_requests, 1);
+    let original = format!("/v2/demo/hello/manifests/{}", CHILDREN[0].0);
+    assert_eq!(stream.request_header(":path"), Some(original));
+    assert_eq!(vm.host.counter("store.hit"), 1);
+    // Served again byte for byte, and now remembered here: the next request needs no read.
+    vm.response_headers(1, &[(":status", "200"), ("content-type", OCI_MANIFEST)]);
+    assert_eq!(vm.response_body(1, CHILDREN[0].1), HostAction::Continue);
+    assert_eq!(vm.host.stream(1).response_header("docker-content-digest"), Some(digest.clone()));
+    assert_eq!(vm.request(2, &by_digest), HostAction::Continue);
+    assert_eq!(vm.calls().len(), 1);
+
+    // Absent, failed or hostile: the request goes upstream untouched.
+    let absent = br#"{"header":{"revision":"3"}}"#;
+    let hostile = br#"{"kvs":[{"key":"AAAA","value":"AAAA"},{"key":"AAAA","value":"AAAA"}]}"#;
+    for (headers, body, counted) in [
+        (&[(":status", "200")][..], &absent[..], "store.miss"),
+        (&[(":status", "200")][..], &hostile[..], "store.failed"),
+        (&[][..], &b""[..], "store.timeout"),
+    ] {
+        let mut vm = with_store();
+        assert_eq!(vm.request(1, &by_digest), HostAction::Pause);
+        vm.answer(vm.calls()[0].token, headers, body);
+        let stream = vm.host.stream(1);
+        assert_eq!(
+            (stream.resumed_requests, stream.request_header(":path")),
+            (1, Some(path.clone()))
+        );
+        assert_eq!(vm.host.counter(counted), 1, "{counted}");
+        assert_eq!(vm.host.counter("passed_pinned_manifest"), 1);
+    }
 }

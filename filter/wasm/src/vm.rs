@@ -7,6 +7,7 @@ use crate::host::{Headers, Host};
 use crate::metrics::Metrics;
 use blobsteer_core::decision::describe;
 use blobsteer_core::manifest::cache::RewriteCache;
+use blobsteer_core::store::Lease;
 use blobsteer_core::{Action, ClientMatch, Config};
 use std::cell::{Cell, RefCell};
 
@@ -29,6 +30,8 @@ pub struct Vm<H> {
     /// Index children being fetched by this VM's streams, bounded by
     /// `manifests.max_child_fetches` (owned by `manifest`).
     pub child_fetches: Cell<u32>,
+    /// The lease this VM puts records of the fleet's store under (owned by `store`).
+    pub lease: Cell<Option<Lease>>,
 }
 
 impl<H: Host> Vm<H> {
@@ -43,6 +46,7 @@ impl<H: Host> Vm<H> {
             checks: RefCell::default(),
             rewrites,
             child_fetches: Cell::new(0),
+            lease: Cell::new(None),
         }
     }
 
