@@ -120,9 +120,14 @@ FIXED_OFFSETS = {
     "BLOBSTEER_REGISTRY_PORT": 50,
 }
 HIGHEST_PORT = 65535
+# Offsets from 20 to 49 and from 70 to 79 are the fleet's (scripts/fleet.py).
+FLEET_OFFSETS = range(70, 80)
 # The highest offset from the base: a base above HIGHEST_PORT minus this leaves no room.
 HIGHEST_OFFSET = max(
-    *FIXED_OFFSETS.values(), *(c.offset for c in CLIENT_LOCATIONS), *MIRROR_OFFSETS.values()
+    *FIXED_OFFSETS.values(),
+    *(c.offset for c in CLIENT_LOCATIONS),
+    *MIRROR_OFFSETS.values(),
+    *FLEET_OFFSETS,
 )
 
 
@@ -886,7 +891,8 @@ class Stack:
     - `registry_redirect_to`: the registry's redirect storage middleware base URL (enabled after
       seeding: it would break pushes);
     - `envoy_concurrency`, `wasm_path`, `with_filter` (False: Envoy without the wasm filter),
-      `envoy_binary` (default $BLOBSTEER_ENVOY or .venv/bin/envoy).
+      `envoy_binary` (default $BLOBSTEER_ENVOY or .venv/bin/envoy);
+    - `extra_clusters`: Envoy clusters (YAML list items) added to the config (the fleet's etcd).
     `filter_overrides`, `filter_config_override`, `envoy_concurrency`, `wasm_path`,
     `with_filter` and `registry_redirect_to` are plain attributes read at each start of their
     part: change one, then `restart_envoy()` or `restart_registry()`.
@@ -906,6 +912,7 @@ class Stack:
         with_filter: bool = True,
         envoy_binary: str | Path | None = None,
         envoy_hot_restart: bool = False,
+        extra_clusters: str = "",
     ):
         self.run_dir = Path(run_dir).resolve()
         self.run_dir.mkdir(parents=True, exist_ok=True)
@@ -917,6 +924,7 @@ class Stack:
         self.envoy_concurrency = envoy_concurrency
         self.wasm_path = Path(wasm_path).resolve()
         self.with_filter = with_filter
+        self.extra_clusters = extra_clusters
         self.credentials = (
             Credentials("blobsteer", secrets.token_urlsafe(12)) if registry_auth else None
         )
@@ -1241,15 +1249,16 @@ class Stack:
         )
         return json.dumps(deep_merge(config, self.filter_overrides or {}), indent=2)
 
-    def envoy_config(self) -> str:
-        """The rendered envoy/demo.yaml.in (without the filter when `with_filter` is False)."""
+    def envoy_config(self, ports: Ports | None = None, access_log: Path | None = None) -> str:
+        """The rendered envoy/demo.yaml.in (without the filter when `with_filter` is False),
+        with `extra_clusters`; `ports` and `access_log` give another replica's own."""
         values = {
-            **self.ports.variables(),
-            "ENVOY_ACCESS_LOG": self.envoy_access_log,
+            **(ports or self.ports).variables(),
+            "ENVOY_ACCESS_LOG": access_log or self.envoy_access_log,
             "WASM_PATH": self.wasm_path,
             "FILTER_CONFIG": json.dumps(self.filter_config_text()),
         }
-        text = render_template(ENVOY_DIR / "demo.yaml.in", values)
+        text = render_template(ENVOY_DIR / "demo.yaml.in", values) + self.extra_clusters
         return text if self.with_filter else drop_marked_block(text, "blobsteer filter")
 
 
