@@ -40,9 +40,10 @@ wasm: bootstrap-rust
 cli: bootstrap-rust
 	$(CARGO) build --release --locked -p blobsteer-cli
 
-## run: the local stack in the foreground (registry, mirrors, Envoy with the filter) until Ctrl-C
+## run: the local stack in the foreground (registry, mirrors, Envoy with the filter) until Ctrl-C;
+##      FLEET=1: as a fleet (three etcd members, a second Envoy, a balancer; README "Running a fleet")
 run: bootstrap-stack build
-	$(PYTHON) scripts/stack.py run
+	$(PYTHON) scripts/$(if $(FLEET),fleet,stack).py run
 
 ## test: unit tests natively and on wasm32, lints, then the end-to-end suite with real parts
 test: bootstrap lint unit wasm-test e2e

@@ -9,13 +9,17 @@ admin +41; etcd client ports +70..+72, peer ports +73..+75. Everything binds 127
 logs are under `<run_dir>/fleet/`.
 
     fleet = Fleet(stack); fleet.start(); ...; fleet.stop()
+
+Command line: `fleet.py run` brings the stack up as a fleet (`make run FLEET=1`).
 """
 
 from __future__ import annotations
 
+import argparse
 import base64
 import dataclasses
 import json
+import sys
 from pathlib import Path
 
 import stack as stk
@@ -220,3 +224,69 @@ class Fleet:
         """The demo image through the balancer (clients in aws-eu-west-3)."""
         separator = "@" if reference.startswith("sha256:") else ":"
         return f"{stk.LOOPBACK}:{self.balancer_port}/{stk.REPOSITORY}{separator}{reference}"
+
+
+def banner(fleet: Fleet) -> str:
+    """What `run` prints about the fleet, after the stack's banner."""
+    b = fleet.replica_b
+    members = ", ".join(f"{m.name} {stk.LOOPBACK}:{m.client_port}" for m in fleet.etcd.members)
+    return "\n".join([
+        "",
+        "The fleet: this stack's Envoy is replica A; manifests are rewritten for runtimes and",
+        f"every produced digest is recorded in etcd under {STORE_PREFIX}.",
+        f"  etcd                 {members}",
+        f"  replica B            main {stk.LOOPBACK}:{b.ports.envoy}, admin {stk.LOOPBACK}:{b.ports.admin}, "
+        f"{EU} clients {stk.LOOPBACK}:{b.ports.listeners[EU]}",
+        f"  balancer ({EU})  {stk.LOOPBACK}:{fleet.balancer_port}: tags to A, digests to B",
+        f"  pull through it:     ctr ... images pull --plain-http {fleet.balancer_ref()}",
+        f"  records:             ETCDCTL_API=3 etcdctl --endpoints {stk.LOOPBACK}:{fleet.etcd.members[0].client_port} "
+        f"get --prefix {STORE_PREFIX} --keys-only",
+        f"  replica B's logs     {b.envoy.log_path}, access {b.access_log}",
+    ])  # fmt: skip
+
+
+def run(args: argparse.Namespace) -> int:
+    """`run`: the stack, a containerd and the fleet around them, until Ctrl-C."""
+    run_dir = args.run_dir.resolve()
+    ports = stk.Ports.from_env()
+    ports.check_free()
+    stk.prepare_run_dir(run_dir)
+    stack = stk.Stack(
+        run_dir,
+        ports=ports,
+        filter_overrides={"manifests": {"rewrite": True, "store": store_settings()}},
+        extra_clusters=etcd_cluster_yaml(ports.envoy),
+        wasm_path=args.wasm,
+    )
+    with stack, stk.Containerd(run_dir) as containerd:
+        fleet = Fleet(stack).start()
+        try:
+            stack_banner, ctrl_c = stk.banner(stack, containerd).rsplit("\n", 1)
+            print(f"{stack_banner}{banner(fleet)}\n\n{ctrl_c}", flush=True)
+            dead = stk.wait_until_stopped(stack.parts() + fleet.parts() + [containerd])
+            if dead:
+                print(f"\n{dead.name} exited unexpectedly; last lines of {dead.log_path}:")
+                print(stk.log_tail(dead.log_path))
+            print("stopping...", flush=True)
+        finally:
+            fleet.stop()
+    print("stopped.")
+    return 1 if dead else 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Command line: `fleet.py run` (what `make run FLEET=1` runs)."""
+    parser = argparse.ArgumentParser(description="The blobsteer local stack as a fleet.")
+    commands = parser.add_subparsers(dest="command", required=True)
+    run_parser = commands.add_parser("run", help="start everything in the foreground until Ctrl-C")
+    run_parser.add_argument("--run-dir", type=Path, default=stk.DEFAULT_RUN_DIR, help="state and logs (wiped)")
+    run_parser.add_argument("--wasm", type=Path, default=stk.DEFAULT_WASM, help="the filter's wasm module")
+    args = parser.parse_args(argv)
+    return stk.run_interruptibly(
+        "fleet.py", lambda: run(args),
+        (stk.BadPort, stk.PortInUse, FileNotFoundError, stk.StartupError, stk.CommandFailed),
+    )  # fmt: skip
+
+
+if __name__ == "__main__":
+    sys.exit(main())

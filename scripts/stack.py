@@ -1267,9 +1267,10 @@ class Stack:
 
 
 def live_pid_files(run_dir: Path) -> list[tuple[Path, int]]:
-    """The PID files in `run_dir` whose process still exists."""
+    """The PID files under `run_dir` (a fleet's parts keep theirs in subdirectories) whose
+    process still exists."""
     live = []
-    for path in sorted(run_dir.glob("*.pid")):
+    for path in sorted(run_dir.rglob("*.pid")):
         try:
             pid = int(path.read_text().strip())
             os.kill(pid, 0)
@@ -1356,19 +1357,26 @@ def run_interruptibly(
         return 130
 
 
+def prepare_run_dir(run_dir: Path) -> None:
+    """Wipe a previous run's directory, refusing one that is not a stack's or whose processes
+    still run."""
+    if not run_dir.exists():
+        return
+    if any(run_dir.iterdir()) and not (run_dir / RUN_DIR_MARKER).exists():
+        raise SystemExit(f"{run_dir} is not empty and not a stack's run dir; not wiping it")
+    live = live_pid_files(run_dir)
+    if live:
+        path, pid = live[0]
+        raise SystemExit(f"process {pid} from {path} is still running; stop it first")
+    shutil.rmtree(run_dir)
+
+
 def run(args: argparse.Namespace) -> int:
     """`run`: start the whole stack and a containerd, print how to use them, wait, stop."""
     run_dir = args.run_dir.resolve()
     ports = Ports.from_env()
     ports.check_free()
-    if run_dir.exists():
-        if any(run_dir.iterdir()) and not (run_dir / RUN_DIR_MARKER).exists():
-            raise SystemExit(f"{run_dir} is not empty and not a stack's run dir; not wiping it")
-        live = live_pid_files(run_dir)
-        if live:
-            path, pid = live[0]
-            raise SystemExit(f"process {pid} from {path} is still running; stop it first")
-        shutil.rmtree(run_dir)
+    prepare_run_dir(run_dir)
     signal.signal(signal.SIGTERM, exit_on_sigterm)
     stack = Stack(
         run_dir,

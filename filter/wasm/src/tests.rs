@@ -756,3 +756,29 @@ fn a_digest_this_envoy_does_not_know_is_asked_of_the_store() {
         assert_eq!(vm.host.counter("passed_pinned_manifest"), 1);
     }
 }
+
+#[test]
+fn a_digest_in_use_is_written_to_the_store_again_once_its_record_is_old() {
+    let mut vm = with_store();
+    image_held(&mut vm, 1);
+    vm.answer(vm.calls()[0].token, &[(":status", "200")], br#"{"ID":"9"}"#);
+    vm.answer(vm.calls()[1].token, &[(":status", "200")], br#"{"succeeded":true}"#);
+    let digest = vm.host.stream(1).response_header("docker-content-digest").unwrap();
+    let path = format!("/v2/demo/hello/manifests/{digest}");
+    let by_digest = [(":method", "GET"), (":path", path.as_str())];
+    // Young (ttl_s / 4 = 100 s): served from memory, nothing written.
+    vm.host.state().now_s += 100;
+    assert_eq!(vm.request(2, &by_digest), HostAction::Continue);
+    assert_eq!(vm.calls().len(), 2);
+    // Older: written again under the VM's lease (still fresh: granted 101 s ago, ttl_s 400).
+    vm.host.state().now_s += 1;
+    assert_eq!(vm.request(3, &by_digest), HostAction::Continue, "nothing waits for it");
+    let renew = vm.calls()[2].clone();
+    let put = &json_body(&renew)["success"][0]["request_put"];
+    assert_eq!((renew.header(":path"), put["lease"].as_str()), (Some("/v3/kv/txn"), Some("9")));
+    vm.answer(renew.token, &[(":status", "200")], br#"{"succeeded":true}"#);
+    assert_eq!(vm.host.counter("store.renewed"), 1);
+    // Remembered as written now: the next use writes nothing.
+    assert_eq!(vm.request(4, &by_digest), HostAction::Continue);
+    assert_eq!(vm.calls().len(), 3);
+}
