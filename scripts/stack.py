@@ -120,8 +120,8 @@ FIXED_OFFSETS = {
     "BLOBSTEER_REGISTRY_PORT": 50,
 }
 HIGHEST_PORT = 65535
-# Offsets from 20 to 49 and from 70 to 79 are the fleet's (scripts/fleet.py).
-FLEET_OFFSETS = range(70, 80)
+# Offsets from 20 to 49 and from 70 to 75 are the fleet's (scripts/fleet.py).
+FLEET_OFFSETS = range(70, 76)
 # The highest offset from the base: a base above HIGHEST_PORT minus this leaves no room.
 HIGHEST_OFFSET = max(
     *FIXED_OFFSETS.values(),

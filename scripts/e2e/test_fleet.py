@@ -7,6 +7,10 @@ a replica restarted with empty shared data serves a digest produced before its r
 
 from __future__ import annotations
 
+import os
+import signal
+import time
+
 from harness import Snapshot, StackTestCase, request, stk, warm_existence_cache
 
 import fleet  # noqa: E402  (scripts/fleet.py, on the path harness sets)
@@ -101,6 +105,29 @@ class FleetTest(StackTestCase):
         self.assertEqual(a.get("manifest_rewritten", 0), 0)
         self.assertEqual(a.get("store.failed", 0) + a.get("store.timeout", 0) >= 1, True, a)
         self.assertEqual(b.get("store.failed", 0) + b.get("store.timeout", 0), len(by_digest), b)
+
+    def test_a_stalled_etcd_holds_no_client_longer_than_the_timeouts(self):
+        """Every member stopped with SIGSTOP: connections are taken but nothing answers. A
+        rewrite waits at most two store timeouts (a lease, then the write) and goes out as the
+        original; a lookup waits at most one and goes upstream untouched."""
+        timeout_s = fleet.store_settings()["timeout_ms"] / 1000
+        for member in self.fleet.etcd.members:
+            os.kill(member.pid, signal.SIGSTOP)
+            self.addCleanup(os.kill, member.pid, signal.SIGCONT)
+        started = time.monotonic()
+        status, got, body = request(self.stack.port(EU), "GET", TAG_PATH, RUNTIME)
+        waited = time.monotonic() - started
+        self.assertEqual((status, sha256(body)), (200, self.image.index.digest))
+        self.assertLess(waited, 2 * timeout_s + 1.0)
+        digest_path = f"/v2/{stk.REPOSITORY}/manifests/sha256:{'e' * 64}"
+        started = time.monotonic()
+        status, _, _ = request(self.fleet.replica_b.ports.listeners[EU], "GET", digest_path, RUNTIME)
+        waited = time.monotonic() - started
+        self.assertEqual(status, 404, "the registry's own answer")
+        self.assertLess(waited, timeout_s + 1.0)
+        a, b = self.replica_counters()
+        self.assertEqual((a.get("store.timeout"), a.get("manifest.untouched.store_unavailable")), (1, 1))
+        self.assertEqual(b.get("store.timeout"), 1)
 
     def test_a_restarted_replica_serves_a_digest_produced_before_its_restart(self):
         status, got, _ = request(self.stack.port(EU), "HEAD", TAG_PATH, RUNTIME)
