@@ -422,7 +422,13 @@ impl Phase {
             Phase::Looking(lookup) if *purpose == Purpose::StoreRead => {
                 looked_up(vm, settings, callouts, lookup, answer)
             }
-            other => AfterStore::Phase(Box::new(other)),
+            other => {
+                // A lease asked for a later renewal (`renew_if_stale`): kept for the VM.
+                if *purpose == Purpose::StoreLease {
+                    store::take_lease(vm, answer);
+                }
+                AfterStore::Phase(Box::new(other))
+            }
         }
     }
 }

@@ -782,3 +782,25 @@ fn a_digest_in_use_is_written_to_the_store_again_once_its_record_is_old() {
     assert_eq!(vm.request(4, &by_digest), HostAction::Continue);
     assert_eq!(vm.calls().len(), 3);
 }
+
+#[test]
+fn a_lease_asked_for_a_later_renewal_is_kept_whatever_the_stream_does_meanwhile() {
+    let mut vm = with_store();
+    image_held(&mut vm, 1);
+    vm.answer(vm.calls()[0].token, &[(":status", "200")], br#"{"ID":"9"}"#);
+    vm.answer(vm.calls()[1].token, &[(":status", "200")], br#"{"succeeded":true}"#);
+    let digest = vm.host.stream(1).response_header("docker-content-digest").unwrap();
+    // The record and the lease are old: serving the digest asks for a lease, without waiting.
+    vm.host.state().now_s += 300;
+    let path = format!("/v2/demo/hello/manifests/{digest}");
+    assert_eq!(vm.request(2, &[(":method", "GET"), (":path", &path)]), HostAction::Continue);
+    let grant = vm.calls()[2].clone();
+    assert_eq!(grant.header(":path"), Some("/v3/lease/grant"));
+    // The stream is waiting for the upstream's original when the lease comes.
+    vm.answer(grant.token, &[(":status", "200")], br#"{"ID":"10"}"#);
+    assert_eq!(vm.host.counter("store.lease_granted"), 2);
+    // The next use renews under it.
+    assert_eq!(vm.request(3, &[(":method", "GET"), (":path", &path)]), HostAction::Continue);
+    let renew = vm.calls()[3].clone();
+    assert_eq!(json_body(&renew)["success"][0]["request_put"]["lease"], "10");
+}
