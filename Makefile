@@ -41,9 +41,10 @@ cli: bootstrap-rust
 	$(CARGO) build --release --locked -p blobsteer-cli
 
 ## run: the local stack in the foreground (registry, mirrors, Envoy with the filter) until Ctrl-C;
-##      FLEET=1: as a fleet (three etcd members, a second Envoy, a balancer; README "Running a fleet")
+##      FLEET=1: as a fleet (three etcd members, a second Envoy, a balancer; README "Running a fleet");
+##      LIVE=1: the filter's configuration from ECDS, swapped without a restart ("Operating it live")
 run: bootstrap-stack build
-	$(PYTHON) scripts/$(if $(FLEET),fleet,stack).py run
+	$(PYTHON) scripts/$(if $(FLEET),fleet,stack).py run $(if $(LIVE),--live)
 
 ## test: unit tests natively and on wasm32, lints, then the end-to-end suite with real parts
 test: bootstrap lint unit wasm-test e2e

@@ -104,10 +104,33 @@ class EtcdCluster:
                     raise stk.PortInUse(f"port {port} for {member.name} is already in use")
             member.start()
         self.wait_healthy()
+        self.wait_writable()
 
     def wait_healthy(self, timeout: float = 30.0) -> None:
         running = [m for m in self.members if m.alive()]
         stk.wait_for(lambda: all(m.healthy() for m in running), "the etcd members to be healthy", timeout)
+
+    def leader(self) -> EtcdMember:
+        """The member that leads the cluster now (etcdctl endpoint status)."""
+        endpoints = ",".join(f"{stk.LOOPBACK}:{m.client_port}" for m in self.members if m.alive())
+        argv = ["etcdctl", "--endpoints", endpoints, "endpoint", "status", "--write-out", "json"]
+        statuses = json.loads(stk.run_command(argv, env={"ETCDCTL_API": "3"}).stdout)
+        for status in statuses:
+            if status["Status"]["header"]["member_id"] == status["Status"]["leader"]:
+                port = int(status["Endpoint"].rpartition(":")[2])
+                return next(m for m in self.members if m.client_port == port)
+        raise RuntimeError(f"no leader among {statuses}")
+
+    def wait_writable(self, timeout: float = 30.0) -> None:
+        """Until a write through the running members succeeds: after a leader stops, `/health`
+        may still say yes while the others elect a new one, and writes fail meanwhile."""
+        endpoints = ",".join(f"{stk.LOOPBACK}:{m.client_port}" for m in self.members if m.alive())
+        argv = ["etcdctl", "--endpoints", endpoints, "--command-timeout", "1s", "put", "/blobsteer-probe", "x"]
+
+        def written() -> bool:
+            return stk.run_command(argv, check=False, env={"ETCDCTL_API": "3"}).returncode == 0
+
+        stk.wait_for(written, "a write to etcd to succeed", timeout)
 
     def stop(self) -> None:
         for member in self.members:

@@ -54,6 +54,7 @@ if str(SCRIPTS_DIR) not in sys.path:
     sys.path.insert(0, str(SCRIPTS_DIR))
 
 import build_demo_image  # noqa: E402  (sibling module, importable however this file is loaded)
+import ecds  # noqa: E402
 
 REPO_ROOT = SCRIPTS_DIR.parent
 ENVOY_DIR = REPO_ROOT / "envoy"
@@ -892,7 +893,9 @@ class Stack:
       seeding: it would break pushes);
     - `envoy_concurrency`, `wasm_path`, `with_filter` (False: Envoy without the wasm filter),
       `envoy_binary` (default $BLOBSTEER_ENVOY or .venv/bin/envoy);
-    - `extra_clusters`: Envoy clusters (YAML list items) added to the config (the fleet's etcd).
+    - `extra_clusters`: Envoy clusters (YAML list items) added to the config (the fleet's etcd);
+    - `live`: the filter's configuration comes from ECDS, a resource file in `live_dir` that
+      `deliver_filter_config` replaces (Envoy swaps it without a restart).
     `filter_overrides`, `filter_config_override`, `envoy_concurrency`, `wasm_path`,
     `with_filter` and `registry_redirect_to` are plain attributes read at each start of their
     part: change one, then `restart_envoy()` or `restart_registry()`.
@@ -913,6 +916,7 @@ class Stack:
         envoy_binary: str | Path | None = None,
         envoy_hot_restart: bool = False,
         extra_clusters: str = "",
+        live: bool = False,
     ):
         self.run_dir = Path(run_dir).resolve()
         self.run_dir.mkdir(parents=True, exist_ok=True)
@@ -925,6 +929,8 @@ class Stack:
         self.wasm_path = Path(wasm_path).resolve()
         self.with_filter = with_filter
         self.extra_clusters = extra_clusters
+        self.live = live
+        self.live_dir = self.run_dir / "live"
         self.credentials = (
             Credentials("blobsteer", secrets.token_urlsafe(12)) if registry_auth else None
         )
@@ -1006,6 +1012,8 @@ class Stack:
         `envoy-access.log.prev`)."""
         self._check_wasm()
         self.ports.check_free(self.ports.envoy_variables())
+        if self.live and not self.live_resource.exists():
+            self.deliver_filter_config(self.filter_config_text())
         if self.envoy_access_log.exists():
             self.envoy_access_log.replace(self.envoy_access_log.with_suffix(".log.prev"))
         self.envoy.config_text = self.envoy_config()
@@ -1018,6 +1026,17 @@ class Stack:
                 f"{self.wasm_path} not found: build it first (make build), "
                 "or run without the filter (--no-filter, with_filter=False)"
             )
+
+    @property
+    def live_resource(self) -> Path:
+        """The ECDS resource file Envoy watches in live mode."""
+        return self.live_dir / "blobsteer.json"
+
+    def deliver_filter_config(self, text: str) -> None:
+        """Live mode: moves a resource with filter configuration `text` into the watched
+        directory (atomically); Envoy swaps it on every worker, or counts it `update_rejected`
+        and keeps the previous one."""
+        ecds.install(ecds.resource(text, self.wasm_path), self.live_resource)
 
     def stop_envoy(self) -> int | None:
         """Stop Envoy; its exit status."""
@@ -1257,9 +1276,14 @@ class Stack:
             "ENVOY_ACCESS_LOG": access_log or self.envoy_access_log,
             "WASM_PATH": self.wasm_path,
             "FILTER_CONFIG": json.dumps(self.filter_config_text()),
+            "LIVE_DIR": self.live_dir,
         }
         text = render_template(ENVOY_DIR / "demo.yaml.in", values) + self.extra_clusters
-        return text if self.with_filter else drop_marked_block(text, "blobsteer filter")
+        if not self.with_filter or self.live:
+            text = drop_marked_block(text, "blobsteer filter")
+        if not (self.with_filter and self.live):
+            text = drop_marked_block(text, "blobsteer filter from ECDS")
+        return text
 
 
 # ---------------------------------------------------------------------------------------------
@@ -1384,9 +1408,17 @@ def run(args: argparse.Namespace) -> int:
         envoy_concurrency=args.concurrency,
         wasm_path=args.wasm,
         with_filter=not args.no_filter,
+        live=args.live,
     )
     with stack, Containerd(run_dir) as containerd:
         print(banner(stack, containerd), flush=True)
+        if args.live:
+            print(
+                f"\nLive maps: the filter's configuration is the ECDS resource {stack.live_resource};"
+                f"\n  swap it: scripts/ecds.py --filter-config FILTER.json --wasm {stack.wasm_path}"
+                f" --out {stack.live_resource}",
+                flush=True,
+            )
         dead = wait_until_stopped(stack.parts() + [containerd])
         if dead:
             print(f"\n{dead.name} exited unexpectedly; last lines of {dead.log_path}:")
@@ -1410,6 +1442,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     run_parser.add_argument(
         "--no-filter", action="store_true", help="Envoy without the wasm filter"
+    )
+    run_parser.add_argument(
+        "--live", action="store_true", help="the filter's configuration from ECDS (a watched file)"
     )
     args = parser.parse_args(argv)
     try:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import http.client
+import re
 import shutil
 import socket
 import sys
@@ -88,6 +89,18 @@ class RawServer:
         self.stopped.set()
         self.thread.join()
         self.sock.close()
+
+
+def example_filter_config() -> str:
+    """The filter configuration inline in envoy/example.yaml: the block scalar after
+    `value: |`, every line indented deeper than its key."""
+    text = (stk.ENVOY_DIR / "example.yaml").read_text()
+    key = re.search(r"^( *)value: \|\n", text, re.MULTILINE)
+    assert key, "no inline filter configuration in envoy/example.yaml"
+    deeper = len(key[1]) + 1
+    block = re.compile(rf"((?:[ ]{{{deeper},}}.*\n)+)").match(text, key.end())
+    assert block, "an empty filter configuration in envoy/example.yaml"
+    return block[1]
 
 
 def warm_existence_cache(stack: stk.Stack, via: str) -> None:

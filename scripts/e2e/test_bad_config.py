@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import json
-import re
 import shutil
 import unittest
 
-from harness import RUN_ROOT, free_ports, stk
+from harness import RUN_ROOT, example_filter_config, free_ports, stk
 
 GOOD = {"name": "eu", "blob_url": "https://eu.example/containers/images/{digest}", "cidrs": ["15.236.0.0/15"]}
 
@@ -78,15 +77,9 @@ def wasm_lines(stack: stk.Stack) -> str:
 class ExampleConfigTest(unittest.TestCase):
     def test_the_filter_config_of_envoy_example_yaml_is_accepted(self):
         """The config users copy must not drift from what the filter accepts."""
-        text = (stk.ENVOY_DIR / "example.yaml").read_text()
-        # The block scalar after `value: |`: every line indented deeper than the `value` key.
-        key = re.search(r"^( *)value: \|\n", text, re.MULTILINE)
-        self.assertIsNotNone(key, "no inline filter configuration in envoy/example.yaml")
-        deeper = len(key[1]) + 1
-        block = re.compile(rf"((?:[ ]{{{deeper},}}.*\n)+)").match(text, key.end())
         config = RUN_ROOT / type(self).__name__ / "filter.json"
         config.parent.mkdir(parents=True, exist_ok=True)
-        config.write_text(block[1])
+        config.write_text(example_filter_config())
         result = stk.run_command([str(stk.REPO_ROOT / "target/release/blobsteer"), "check", str(config)], check=False)
         self.assertEqual(result.returncode, 0, result.stdout)
         self.assertIn(": ok: 3 backends", result.stdout)

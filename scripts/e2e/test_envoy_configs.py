@@ -4,10 +4,13 @@ must not drift from what Envoy 1.40 accepts."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 import unittest
 
-from harness import stk
+from harness import example_filter_config, stk
+
+import ecds  # noqa: E402  (scripts/ecds.py, on the path harness sets)
 
 SHIPPED = sorted(stk.ENVOY_DIR.glob("*.yaml"))
 
@@ -22,3 +25,10 @@ class EnvoyConfigsTest(unittest.TestCase):
                     cwd=stk.REPO_ROOT, capture_output=True, text=True, timeout=60,
                 )  # fmt: skip
                 self.assertEqual(result.returncode, 0, (result.stdout + result.stderr)[-2000:])
+
+    def test_the_shipped_live_resource_holds_the_examples_filter(self):
+        """envoy/live.yaml's first resource is envoy/example.yaml's filter, as scripts/ecds.py
+        writes it: the two examples cannot drift apart."""
+        shipped = json.loads((stk.ENVOY_DIR / "live" / "blobsteer.json").read_text())
+        wasm = "target/wasm32-wasip1/release/blobsteer.wasm"
+        self.assertEqual(shipped, ecds.resource(example_filter_config(), wasm))

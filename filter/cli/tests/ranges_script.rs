@@ -180,3 +180,25 @@ fn a_refresh_that_drops_too_many_prefixes_fails_and_keeps_the_output() {
     assert!(stderr(&accepted).contains("RANGES_ACCEPT_REMOVALS=1"));
     assert!(Path::new(&job.out()).is_file());
 }
+
+#[test]
+fn with_ranges_ecds_the_map_is_also_installed_as_the_filters_ecds_resource() {
+    let job = Job::new("ecds");
+    let target = job.dir.join("live/blobsteer.json");
+    let aws = fixture("aws.json");
+    let ecds = target.display().to_string();
+    let out = job.run(&[
+        ("RANGES_AWS", &aws),
+        ("RANGES_ECDS", &ecds),
+        ("RANGES_WASM", "/opt/blobsteer.wasm"),
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let resource: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&target).unwrap()).unwrap();
+    let config = &resource["resources"][0]["typed_config"]["config"];
+    assert_eq!(config["configuration"]["value"], std::fs::read_to_string(job.out()).unwrap());
+    assert_eq!(config["vm_config"]["code"]["local"]["filename"], "/opt/blobsteer.wasm");
+    assert_eq!(resource["resources"][0]["name"], "blobsteer");
+    let left: Vec<_> = std::fs::read_dir(job.dir.join("live")).unwrap().collect();
+    assert_eq!(left.len(), 1, "only the resource, no temporary file");
+}
