@@ -3,7 +3,7 @@
 # need, each idempotent and quick when done (see its header):
 #   rust       Rust targets, clippy, rustfmt       build wasm cli unit lint fuzz ranges, and all below
 #   wasm-test  Node.js, wasm-bindgen-test-runner   wasm-test
-#   stack      Debian daemons and tools, Envoy     run e2e bench soak
+#   stack      Debian daemons and tools, Envoy     run e2e bench soak image
 # A target checks every prerequisite of the pieces it needs before it installs or builds anything.
 
 SHELL := /bin/bash
@@ -13,7 +13,7 @@ PYTHON ?= python3
 WASM := target/wasm32-wasip1/release/blobsteer.wasm
 CLI := target/release/blobsteer
 
-.PHONY: all bootstrap bootstrap-rust bootstrap-wasm-test bootstrap-stack build wasm cli run test unit wasm-test lint e2e ranges soak bench fuzz clean
+.PHONY: all bootstrap bootstrap-rust bootstrap-wasm-test bootstrap-stack build wasm cli run test unit wasm-test lint e2e ranges soak bench fuzz image clean
 
 all: build
 
@@ -45,6 +45,11 @@ cli: bootstrap-rust
 ##      LIVE=1: the filter's configuration from ECDS, swapped without a restart ("Operating it live")
 run: bootstrap-stack build
 	$(PYTHON) scripts/$(if $(FLEET),fleet,stack).py run $(if $(LIVE),--live)
+
+## image: the filter as an OCI image (one layer with plugin.wasm), pushed to the demo registry
+##        of `make run` (or IMAGE_REF=host:port/name:tag); prints the digests to pin
+image: bootstrap-stack wasm
+	$(PYTHON) scripts/build_plugin_image.py $(if $(IMAGE_REF),--push $(IMAGE_REF))
 
 ## test: unit tests natively and on wasm32, lints, then the end-to-end suite with real parts
 test: bootstrap lint unit wasm-test e2e

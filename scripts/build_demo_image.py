@@ -168,14 +168,15 @@ class LayoutWriter:
         """Store a JSON document as a blob."""
         return self.write(canonical_json(value), media_type)
 
-    def finish(self, index: Blob) -> None:
-        """Write `oci-layout` and the top-level `index.json` naming `index` as TAG."""
+    def finish(self, index: Blob, tag: str = TAG) -> None:
+        """Write `oci-layout` and the top-level `index.json` naming `index` (an index or a
+        manifest) as `tag`."""
         (self.layout / "oci-layout").write_bytes(canonical_json({"imageLayoutVersion": "1.0.0"}))
         top = {
             "schemaVersion": 2,
             "mediaType": MEDIA_INDEX,
             "manifests": [
-                {**descriptor(index), "annotations": {"org.opencontainers.image.ref.name": TAG}}
+                {**descriptor(index), "annotations": {"org.opencontainers.image.ref.name": tag}}
             ],
         }
         (self.layout / "index.json").write_bytes(canonical_json(top))

@@ -895,7 +895,9 @@ class Stack:
       `envoy_binary` (default $BLOBSTEER_ENVOY or .venv/bin/envoy);
     - `extra_clusters`: Envoy clusters (YAML list items) added to the config (the fleet's etcd);
     - `live`: the filter's configuration comes from ECDS, a resource file in `live_dir` that
-      `deliver_filter_config` replaces (Envoy swaps it without a restart).
+      `deliver_filter_config` replaces (Envoy swaps it without a restart);
+    - `wasm_remote`: Envoy fetches the module itself, `vm_config.code.remote` (a mapping with
+      `uri`, `cluster` and `sha256`), instead of reading `wasm_path`.
     `filter_overrides`, `filter_config_override`, `envoy_concurrency`, `wasm_path`,
     `with_filter` and `registry_redirect_to` are plain attributes read at each start of their
     part: change one, then `restart_envoy()` or `restart_registry()`.
@@ -917,6 +919,7 @@ class Stack:
         envoy_hot_restart: bool = False,
         extra_clusters: str = "",
         live: bool = False,
+        wasm_remote: Mapping | None = None,
     ):
         self.run_dir = Path(run_dir).resolve()
         self.run_dir.mkdir(parents=True, exist_ok=True)
@@ -930,6 +933,7 @@ class Stack:
         self.with_filter = with_filter
         self.extra_clusters = extra_clusters
         self.live = live
+        self.wasm_remote = wasm_remote
         self.live_dir = self.run_dir / "live"
         self.credentials = (
             Credentials("blobsteer", secrets.token_urlsafe(12)) if registry_auth else None
@@ -1026,6 +1030,14 @@ class Stack:
                 f"{self.wasm_path} not found: build it first (make build), "
                 "or run without the filter (--no-filter, with_filter=False)"
             )
+
+    def wasm_code(self) -> dict:
+        """The filter's `vm_config.code`."""
+        if not self.wasm_remote:
+            return {"local": {"filename": str(self.wasm_path)}}
+        remote = self.wasm_remote
+        http_uri = {"uri": remote["uri"], "cluster": remote["cluster"], "timeout": "5s"}
+        return {"remote": {"http_uri": http_uri, "sha256": remote["sha256"], "retry_policy": {"num_retries": 1}}}
 
     @property
     def live_resource(self) -> Path:
@@ -1274,9 +1286,9 @@ class Stack:
         values = {
             **(ports or self.ports).variables(),
             "ENVOY_ACCESS_LOG": access_log or self.envoy_access_log,
-            "WASM_PATH": self.wasm_path,
             "FILTER_CONFIG": json.dumps(self.filter_config_text()),
             "LIVE_DIR": self.live_dir,
+            "WASM_CODE": json.dumps(self.wasm_code()),
         }
         text = render_template(ENVOY_DIR / "demo.yaml.in", values) + self.extra_clusters
         if not self.with_filter or self.live:
