@@ -8,7 +8,7 @@ import json
 import subprocess
 import unittest
 
-from harness import example_filter_config, stk
+from harness import RUN_ROOT, example_filter_config, stk
 
 import ecds  # noqa: E402  (scripts/ecds.py, on the path harness sets)
 
@@ -32,3 +32,18 @@ class EnvoyConfigsTest(unittest.TestCase):
         shipped = json.loads((stk.ENVOY_DIR / "live" / "blobsteer.json").read_text())
         wasm = "target/wasm32-wasip1/release/blobsteer.wasm"
         self.assertEqual(shipped, ecds.resource(example_filter_config(), wasm))
+
+    def test_the_platform_recipes_carry_a_filter_configuration_the_filter_accepts(self):
+        """envoy/platforms/: the JSON object after `pluginConfig:` (Istio) or `config:` (Envoy
+        Gateway), checked by `blobsteer check` as users would before applying it."""
+        for path, key in (("istio-wasmplugin.yaml", "pluginConfig"), ("envoy-gateway-extension-policy.yaml", "config")):
+            with self.subTest(recipe=path):
+                text = (stk.ENVOY_DIR / "platforms" / path).read_text()
+                start = text.index(f"{key}: {{") + len(key) + 2
+                config = json.JSONDecoder().raw_decode(text[start:])[0]
+                checked = RUN_ROOT / type(self).__name__ / f"{path}.json"
+                checked.parent.mkdir(parents=True, exist_ok=True)
+                checked.write_text(json.dumps(config))
+                result = stk.run_command([str(stk.CLI), "check", str(checked)], check=False)
+                self.assertEqual(result.returncode, 0, result.stdout)
+                self.assertIn("ok: 2 backends", result.stdout)
