@@ -97,6 +97,7 @@ fn describe(config: &Config, request: &Request<'_>, xff: Option<&str>) -> Value 
     let source = match client {
         ClientMatch::Unmapped { source, .. }
         | ClientMatch::NonRoutable { source, .. }
+        | ClientMatch::Default { source, .. }
         | ClientMatch::Backend { source, .. } => Some(match source {
             ClientIpSource::ForwardedFor => "x-forwarded-for",
             ClientIpSource::SourceAddress => "source.address",
@@ -110,6 +111,12 @@ fn describe(config: &Config, request: &Request<'_>, xff: Option<&str>) -> Value 
         "client_ip": client.ip().map(|ip| ip.to_string()),
         "client_ip_source": source,
         "backend": client.backend().and_then(|b| config.backends().get(b)).map(|b| b.name.as_str()),
+        // Where the client goes, in order, if its backend lacks the blob (then the registry).
+        "fallback": client
+            .backend()
+            .and_then(|b| config.backends().get(b))
+            .map(|b| b.fallback.iter().filter_map(|&i| config.backends().get(i)).map(|f| f.name.as_str()).collect::<Vec<_>>())
+            .unwrap_or_default(),
         "prefix": client.prefix().map(|p| p.to_string()),
         "non_routable": matches!(client, ClientMatch::NonRoutable { .. }),
         "action": action,

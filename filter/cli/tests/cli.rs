@@ -163,6 +163,29 @@ fn explain_says_when_the_mirror_is_asked_and_what_follows_if_it_lacks_the_blob()
 }
 
 #[test]
+fn explain_shows_the_default_backend_and_the_chain_after_the_chosen_one() {
+    let config = common::tempdir().join("chains.json");
+    std::fs::write(
+        &config,
+        r#"{"backends": [
+            {"name": "aws-eu-west-3", "blob_url": "https://eu/{digest}", "cidrs": ["15.236.0.0/15"], "fallback": ["aws-eu-central-1", "cdn"]},
+            {"name": "aws-eu-central-1", "blob_url": "https://fra/{digest}", "cidrs": ["3.64.0.0/12"]},
+            {"name": "cdn", "blob_url": "https://cdn/{digest}", "cidrs": []}],
+          "default_backend": "cdn"}"#,
+    )
+    .unwrap();
+    let config = config.display().to_string();
+    let got =
+        lines(&blobsteer(&["explain", "--config", &config, "15.236.0.9", "198.51.100.7"], None));
+    assert_eq!(
+        (&got[0]["backend"], &got[0]["fallback"]),
+        (&"aws-eu-west-3".into(), &serde_json::json!(["aws-eu-central-1", "cdn"]))
+    );
+    assert_eq!((&got[1]["backend"], &got[1]["fallback"]), (&"cdn".into(), &serde_json::json!([])));
+    assert_eq!((&got[1]["action"], &got[1]["prefix"]), (&"redirected".into(), &Value::Null));
+}
+
+#[test]
 fn usage_errors_exit_2() {
     assert_eq!(blobsteer(&[], None).status.code(), Some(2));
     assert_eq!(blobsteer(&["explain", "--config"], None).status.code(), Some(2));

@@ -113,6 +113,8 @@ struct RawConfig<'a> {
     existence_check: ExistenceSettings,
     #[serde(default)]
     manifests: ManifestSettings,
+    #[serde(default)]
+    default_backend: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -124,7 +126,12 @@ struct RawBackend<'a> {
     cidrs: Vec<Cow<'a, str>>,
     #[serde(default)]
     cluster: Option<String>,
+    #[serde(default)]
+    fallback: Vec<String>,
 }
+
+/// Longest fallback chain a backend may have.
+pub const MAX_FALLBACK: usize = 4;
 
 /// A place blobs can be fetched from, e.g. one region's object store.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -135,6 +142,9 @@ pub struct Backend {
     pub blob_url: UrlTemplate,
     /// The Envoy cluster that reaches the backend's object store, if configured.
     pub cluster: Option<String>,
+    /// The backends (indices into [`Config::backends`]) its clients go to, in order, when it
+    /// lacks a blob: a neighbour region's mirror, a CDN.
+    pub fallback: Vec<usize>,
 }
 
 /// What a CIDR table entry leads to.
@@ -161,6 +171,8 @@ pub struct Config {
     pub existence_check: ExistenceSettings,
     /// Whether and how manifests of tag requests are rewritten.
     pub manifests: ManifestSettings,
+    /// The backend (an index into [`Config::backends`]) of clients no prefix covers.
+    pub default_backend: Option<usize>,
 }
 
 /// One problem in a configuration.
@@ -334,9 +346,21 @@ impl Validator {
                     name: backend.name.clone(),
                     blob_url,
                     cluster: backend.cluster.clone(),
+                    fallback: Vec::new(),
                 });
             }
         }
+        let chains = self.fallbacks(&raw, &names);
+        for (backend, chain) in backends.iter_mut().zip(chains) {
+            backend.fallback = chain;
+        }
+        let default_backend = raw.default_backend.as_ref().and_then(|name| {
+            let found = names.get(name).copied();
+            if found.is_none() {
+                self.error("default_backend", format!("{name:?} is not the name of a backend"));
+            }
+            found
+        });
         for (i, text) in raw.non_routable.iter().enumerate() {
             if let Some(prefix) = self.prefix(Place::NonRoutable(i), text) {
                 entries.push(Entry { prefix, target: Target::NonRoutable });
@@ -426,7 +450,47 @@ impl Validator {
             decision_header: raw.decision_header.clone(),
             existence_check: raw.existence_check.clone(),
             manifests: raw.manifests.clone(),
+            default_backend,
         })
+    }
+
+    /// Every backend's `fallback`, as indices: known names, not the backend itself, each once,
+    /// at most [`MAX_FALLBACK`], and no backend reachable from itself through the chains.
+    fn fallbacks(&mut self, raw: &RawConfig, names: &HashMap<String, usize>) -> Vec<Vec<usize>> {
+        let mut chains = Vec::with_capacity(raw.backends.len());
+        for (index, backend) in raw.backends.iter().enumerate() {
+            let field = format!("backends[{index}].fallback");
+            if backend.fallback.len() > MAX_FALLBACK {
+                let message =
+                    format!("{} backends; at most {MAX_FALLBACK}", backend.fallback.len());
+                self.error(field.clone(), message);
+            }
+            let mut chain: Vec<usize> = Vec::new();
+            for (at, name) in backend.fallback.iter().enumerate() {
+                let at = format!("{field}[{at}]");
+                match names.get(name).copied() {
+                    None => self.error(at, format!("{name:?} is not the name of a backend")),
+                    Some(i) if i == index => {
+                        self.error(at, format!("{name:?} is this backend itself"))
+                    }
+                    Some(i) if chain.contains(&i) => {
+                        self.error(at, format!("{name:?} is already in the chain"))
+                    }
+                    Some(i) => chain.push(i),
+                }
+            }
+            chains.push(chain);
+        }
+        if let Some(cycle) = first_cycle(&chains) {
+            let path: Vec<&str> = cycle
+                .iter()
+                .filter_map(|&i| raw.backends.get(i).map(|b| b.name.as_str()))
+                .collect();
+            let at = cycle.first().copied().unwrap_or_default();
+            let message = format!("the chains go round: {}", path.join(" -> "));
+            self.error(format!("backends[{at}].fallback"), message);
+        }
+        chains
     }
 
     /// `manifests.store`: a cluster, a prefix, and bounds in range.
@@ -508,6 +572,57 @@ impl Validator {
         }
         Some(prefix)
     }
+}
+
+/// A cycle of the fallback graph (backend → the backends of its chain), as the backends met
+/// from its first one back to it, if there is one. Iterative, linear in the chains' length.
+fn first_cycle(chains: &[Vec<usize>]) -> Option<Vec<usize>> {
+    #[derive(Clone, Copy, PartialEq)]
+    enum Mark {
+        New,
+        OnPath,
+        Done,
+    }
+    let mut marks = vec![Mark::New; chains.len()];
+    for start in 0..chains.len() {
+        if marks.get(start) != Some(&Mark::New) {
+            continue;
+        }
+        // The path from `start`, each node with the next edge to follow.
+        let mut path: Vec<(usize, usize)> = vec![(start, 0)];
+        if let Some(mark) = marks.get_mut(start) {
+            *mark = Mark::OnPath;
+        }
+        while let Some(&(node, edge)) = path.last() {
+            let next = chains.get(node).and_then(|chain| chain.get(edge)).copied();
+            let Some(next) = next else {
+                if let Some(mark) = marks.get_mut(node) {
+                    *mark = Mark::Done;
+                }
+                path.pop();
+                continue;
+            };
+            if let Some(top) = path.last_mut() {
+                top.1 += 1;
+            }
+            match marks.get(next) {
+                Some(Mark::OnPath) => {
+                    let from = path.iter().position(|&(n, _)| n == next).unwrap_or(0);
+                    let mut cycle: Vec<usize> = path.iter().skip(from).map(|&(n, _)| n).collect();
+                    cycle.push(next);
+                    return Some(cycle);
+                }
+                Some(Mark::New) => {
+                    if let Some(mark) = marks.get_mut(next) {
+                        *mark = Mark::OnPath;
+                    }
+                    path.push((next, 0));
+                }
+                _ => {}
+            }
+        }
+    }
+    None
 }
 
 fn is_backend_name(name: &str) -> bool {
@@ -679,6 +794,42 @@ mod tests {
         assert!(
             errors(&with(r#"{"cluster": "etcd", "ttl": 5}"#))[0].contains("unknown field `ttl`")
         );
+    }
+
+    #[test]
+    fn fallback_chains_name_other_backends_without_going_round() {
+        let with = |a: &str, b: &str, c: &str, default: &str| {
+            format!(
+                r#"{{"backends": [
+                    {{"name": "a", "blob_url": "https://a/{{digest}}", "cidrs": ["10.0.0.0/8"], "fallback": {a}}},
+                    {{"name": "b", "blob_url": "https://b/{{digest}}", "cidrs": [], "fallback": {b}}},
+                    {{"name": "cdn", "blob_url": "https://cdn/{{digest}}", "cidrs": [], "fallback": {c}}}
+                ]{default}}}"#
+            )
+        };
+        let good = Config::from_json(
+            with(r#"["b", "cdn"]"#, r#"["cdn"]"#, "[]", r#", "default_backend": "cdn""#).as_bytes(),
+        )
+        .unwrap();
+        let chains: Vec<&[usize]> = good.backends().iter().map(|b| b.fallback.as_slice()).collect();
+        assert_eq!(chains, [&[1, 2][..], &[2], &[]]);
+        assert_eq!(good.default_backend, Some(2));
+        assert_eq!(
+            errors(&with(r#"["x", "a", "b", "b"]"#, "[]", "[]", r#", "default_backend": "nope""#)),
+            [
+                r#"backends[0].fallback[0]: "x" is not the name of a backend"#,
+                r#"backends[0].fallback[1]: "a" is this backend itself"#,
+                r#"backends[0].fallback[3]: "b" is already in the chain"#,
+                r#"default_backend: "nope" is not the name of a backend"#,
+            ]
+        );
+        assert_eq!(
+            errors(&with(r#"["b"]"#, r#"["cdn"]"#, r#"["a"]"#, "")),
+            ["backends[0].fallback: the chains go round: a -> b -> cdn -> a"]
+        );
+        let long = r#"["b", "cdn", "b", "cdn", "b"]"#;
+        assert!(errors(&with(long, "[]", "[]", ""))[0]
+            .starts_with("backends[0].fallback: 5 backends; at most 4"));
     }
 
     #[test]

@@ -54,6 +54,15 @@ pub enum ClientMatch {
         /// The matched prefix.
         prefix: IpNet,
     },
+    /// An address no prefix covers, steered to `default_backend`.
+    Default {
+        /// The client address.
+        ip: IpAddr,
+        /// Where it came from.
+        source: ClientIpSource,
+        /// Index into [`Config::backends`]: the default backend.
+        backend: usize,
+    },
     /// An address whose longest match belongs to a backend.
     Backend {
         /// The client address.
@@ -74,6 +83,7 @@ impl ClientMatch {
             ClientMatch::NoClientIp => None,
             ClientMatch::Unmapped { ip, .. }
             | ClientMatch::NonRoutable { ip, .. }
+            | ClientMatch::Default { ip, .. }
             | ClientMatch::Backend { ip, .. } => Some(ip),
         }
     }
@@ -91,7 +101,9 @@ impl ClientMatch {
     /// The backend index, if the client has one.
     pub fn backend(&self) -> Option<usize> {
         match *self {
-            ClientMatch::Backend { backend, .. } => Some(backend),
+            ClientMatch::Backend { backend, .. } | ClientMatch::Default { backend, .. } => {
+                Some(backend)
+            }
             _ => None,
         }
     }
@@ -417,7 +429,10 @@ pub fn classify_client(
         return ClientMatch::NoClientIp;
     };
     match config.table().lookup(ip) {
-        None => ClientMatch::Unmapped { ip, source },
+        None => match config.default_backend {
+            Some(backend) => ClientMatch::Default { ip, source, backend },
+            None => ClientMatch::Unmapped { ip, source },
+        },
         Some(Entry { prefix, target: Target::NonRoutable }) => {
             ClientMatch::NonRoutable { ip, source, prefix: *prefix }
         }
@@ -490,29 +505,31 @@ pub fn decide_route(config: &Config, route: Route<'_>, request: &Request<'_>) ->
         ClientMatch::NoClientIp => RequestStep::Pass(Action::PassedNoClientIp),
         ClientMatch::Unmapped { .. } => RequestStep::Pass(Action::PassedNoBackend),
         ClientMatch::NonRoutable { .. } => RequestStep::Pass(Action::PassedNonRoutable),
-        ClientMatch::Backend { backend, .. } => match config.backends().get(backend) {
-            None => RequestStep::Pass(Action::PassedNoBackend),
-            Some(b) => {
-                let location = b.blob_url.render(repository, digest);
-                let backend_check = blob_check(config, b, &location);
-                match config.blobs.mode {
-                    BlobMode::VerifyUpstream => RequestStep::Forward(ResponsePlan {
-                        backend,
-                        location,
-                        head_for_get: (!is_head).then(|| registry_retry(repository, digest)),
-                        redirect_status: config.blobs.redirect_status,
-                        check: backend_check,
-                    }),
-                    _ => {
-                        check = backend_check;
-                        RequestStep::Respond(Redirect {
-                            status: config.blobs.redirect_status,
+        ClientMatch::Backend { backend, .. } | ClientMatch::Default { backend, .. } => {
+            match config.backends().get(backend) {
+                None => RequestStep::Pass(Action::PassedNoBackend),
+                Some(b) => {
+                    let location = b.blob_url.render(repository, digest);
+                    let backend_check = blob_check(config, b, &location);
+                    match config.blobs.mode {
+                        BlobMode::VerifyUpstream => RequestStep::Forward(ResponsePlan {
+                            backend,
                             location,
-                        })
+                            head_for_get: (!is_head).then(|| registry_retry(repository, digest)),
+                            redirect_status: config.blobs.redirect_status,
+                            check: backend_check,
+                        }),
+                        _ => {
+                            check = backend_check;
+                            RequestStep::Respond(Redirect {
+                                status: config.blobs.redirect_status,
+                                location,
+                            })
+                        }
                     }
                 }
             }
-        },
+        }
     };
     Decision { client: Some(client), step, check }
 }
@@ -551,7 +568,10 @@ fn decide_manifest(
     let client = classify_client(config, request.forwarded_for, request.source_address);
     let step = match client {
         ClientMatch::NoClientIp => RequestStep::Pass(Action::PassedNoClientIp),
-        ClientMatch::Unmapped { .. } => RequestStep::Pass(Action::PassedNoBackend),
+        // A manifest is rewritten only for a region's own mirror, never for the default.
+        ClientMatch::Unmapped { .. } | ClientMatch::Default { .. } => {
+            RequestStep::Pass(Action::PassedNoBackend)
+        }
         ClientMatch::NonRoutable { .. } => RequestStep::Pass(Action::PassedNonRoutable),
         ClientMatch::Backend { backend, .. } => RequestStep::RewriteManifest(ManifestPlan {
             backend,
@@ -815,6 +835,27 @@ mod tests {
             let digest = format!("/v2/demo/hello/manifests/sha256:{}", "a".repeat(64));
             assert!(matches!(by(&digest, agent), RequestStep::LookupRewritten(_)), "{agent:?}");
         }
+    }
+
+    #[test]
+    fn an_unmapped_client_goes_to_the_default_backend_a_non_routable_one_nowhere() {
+        let json = r#"{"backends": [
+                {"name": "eu", "blob_url": "https://eu/{digest}", "cidrs": ["15.236.0.0/15"], "fallback": ["cdn"]},
+                {"name": "cdn", "blob_url": "https://cdn/{digest}", "cidrs": []}],
+            "non_routable": ["15.193.0.0/19"], "default_backend": "cdn"}"#;
+        let c = Config::from_json(json.as_bytes()).unwrap();
+        let d = decide_request(&c, &request("GET", BLOB, &["198.51.100.7"]));
+        assert!(matches!(d.client, Some(ClientMatch::Default { backend: 1, .. })), "{d:?}");
+        let RequestStep::Respond(redirect) = d.step else { panic!("{d:?}") };
+        assert!(redirect.location.starts_with("https://cdn/sha256:"));
+        assert_eq!(
+            describe(&c, Action::Redirected, d.client.as_ref()),
+            "redirected; client=198.51.100.7; backend=cdn"
+        );
+        let d = decide_request(&c, &request("GET", BLOB, &["15.193.0.1"]));
+        assert_eq!(d.step, RequestStep::Pass(Action::PassedNonRoutable));
+        let d = decide_request(&c, &request("GET", BLOB, &["not-an-ip"]));
+        assert_eq!(d.step, RequestStep::Pass(Action::PassedNoClientIp));
     }
 
     #[test]
