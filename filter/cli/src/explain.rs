@@ -63,7 +63,7 @@ pub fn run(argv: &[String]) -> Result<ExitCode, Usage> {
 fn describe(config: &Config, request: &Request<'_>, xff: Option<&str>) -> Value {
     let decision = decide_request(config, request);
     let manifest = outlook(config, request.path, &decision);
-    let Decision { client, step, check } = decision;
+    let Decision { client, step, check, fallbacks } = decision;
     // The decision only looks at the client for blob downloads; show it for every request anyway.
     let client = client
         .unwrap_or_else(|| classify_client(config, request.forwarded_for, request.source_address));
@@ -111,12 +111,13 @@ fn describe(config: &Config, request: &Request<'_>, xff: Option<&str>) -> Value 
         "client_ip": client.ip().map(|ip| ip.to_string()),
         "client_ip_source": source,
         "backend": client.backend().and_then(|b| config.backends().get(b)).map(|b| b.name.as_str()),
-        // Where the client goes, in order, if its backend lacks the blob (then the registry).
-        "fallback": client
-            .backend()
-            .and_then(|b| config.backends().get(b))
-            .map(|b| b.fallback.iter().filter_map(|&i| config.backends().get(i)).map(|f| f.name.as_str()).collect::<Vec<_>>())
-            .unwrap_or_default(),
+        // Where the client goes, in order, if its (checked) backend lacks the blob: the first
+        // without a cluster or known to hold it; after them, the registry.
+        "fallback": fallbacks
+            .iter()
+            .filter_map(|f| config.backends().get(f.backend))
+            .map(|b| b.name.as_str())
+            .collect::<Vec<_>>(),
         "prefix": client.prefix().map(|p| p.to_string()),
         "non_routable": matches!(client, ClientMatch::NonRoutable { .. }),
         "action": action,

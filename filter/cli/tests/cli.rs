@@ -168,7 +168,7 @@ fn explain_shows_the_default_backend_and_the_chain_after_the_chosen_one() {
     std::fs::write(
         &config,
         r#"{"backends": [
-            {"name": "aws-eu-west-3", "blob_url": "https://eu/{digest}", "cidrs": ["15.236.0.0/15"], "fallback": ["aws-eu-central-1", "cdn"]},
+            {"name": "aws-eu-west-3", "blob_url": "https://eu/{digest}", "cidrs": ["15.236.0.0/15"], "cluster": "mirror_eu", "fallback": ["aws-eu-central-1", "cdn"]},
             {"name": "aws-eu-central-1", "blob_url": "https://fra/{digest}", "cidrs": ["3.64.0.0/12"]},
             {"name": "cdn", "blob_url": "https://cdn/{digest}", "cidrs": []}],
           "default_backend": "cdn"}"#,

@@ -43,6 +43,7 @@ fn backend() -> Backend {
         )
         .unwrap(),
         cluster: None,
+        fallback: Vec::new(),
     }
 }
 

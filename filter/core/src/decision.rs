@@ -287,6 +287,21 @@ pub struct Decision {
     /// untouched (absent). A forwarded request's check is in its [`ResponsePlan`]: it is asked
     /// after the upstream, not before.
     pub check: Option<CheckRequest>,
+    /// Blob mode `redirect`, for a checked backend: where the client goes, in order, if its
+    /// backend is known to lack the blob (its `fallback` chain); after them, the registry.
+    pub fallbacks: Vec<Fallback>,
+}
+
+/// A backend of a client's fallback chain, for one blob.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Fallback {
+    /// Index into [`Config::backends`].
+    pub backend: usize,
+    /// The redirect to its URL for the blob.
+    pub redirect: Redirect,
+    /// Its existence check, if it has a `cluster` (without one it is assumed to hold every
+    /// blob): it is used only once its cache entry says the blob is there.
+    pub check: Option<CheckRequest>,
 }
 
 /// How to judge the upstream's answer to a blob request forwarded in `verify_upstream` mode.
@@ -478,7 +493,12 @@ pub fn decide_request(config: &Config, request: &Request<'_>) -> Decision {
 /// Decides what to do with a request whose path led to `route` (the second half of
 /// [`decide_request`]); `request.path` is not read again.
 pub fn decide_route(config: &Config, route: Route<'_>, request: &Request<'_>) -> Decision {
-    let pass = |action| Decision { client: None, step: RequestStep::Pass(action), check: None };
+    let pass = |action| Decision {
+        client: None,
+        step: RequestStep::Pass(action),
+        check: None,
+        fallbacks: Vec::new(),
+    };
     let is_head = match (route, request.method) {
         (Route::Pass(action), _) => return pass(action),
         (_, "GET") => false,
@@ -501,6 +521,7 @@ pub fn decide_route(config: &Config, route: Route<'_>, request: &Request<'_>) ->
     }
     let client = classify_client(config, request.forwarded_for, request.source_address);
     let mut check = None;
+    let mut fallbacks = Vec::new();
     let step = match client {
         ClientMatch::NoClientIp => RequestStep::Pass(Action::PassedNoClientIp),
         ClientMatch::Unmapped { .. } => RequestStep::Pass(Action::PassedNoBackend),
@@ -520,6 +541,9 @@ pub fn decide_route(config: &Config, route: Route<'_>, request: &Request<'_>) ->
                             check: backend_check,
                         }),
                         _ => {
+                            if backend_check.is_some() {
+                                fallbacks = fallbacks_of(config, b, repository, digest);
+                            }
                             check = backend_check;
                             RequestStep::Respond(Redirect {
                                 status: config.blobs.redirect_status,
@@ -531,7 +555,27 @@ pub fn decide_route(config: &Config, route: Route<'_>, request: &Request<'_>) ->
             }
         }
     };
-    Decision { client: Some(client), step, check }
+    Decision { client: Some(client), step, check, fallbacks }
+}
+
+/// The fallback chain of `backend` for one blob.
+fn fallbacks_of(
+    config: &Config,
+    backend: &Backend,
+    repository: &str,
+    digest: Digest<'_>,
+) -> Vec<Fallback> {
+    let status = config.blobs.redirect_status;
+    backend
+        .fallback
+        .iter()
+        .filter_map(|&index| {
+            let next = config.backends().get(index)?;
+            let location = next.blob_url.render(repository, digest);
+            let check = blob_check(config, next, &location);
+            Some(Fallback { backend: index, redirect: Redirect { status, location }, check })
+        })
+        .collect()
 }
 
 /// The existence check that must say "present" before anyone is sent to `backend` for the blob
@@ -559,11 +603,12 @@ fn decide_manifest(
             digest: digest.as_str().to_string(),
             is_head,
         };
-        return Decision { client: None, step: RequestStep::LookupRewritten(lookup), check: None };
+        let step = RequestStep::LookupRewritten(lookup);
+        return Decision { client: None, step, check: None, fallbacks: Vec::new() };
     }
     if !config.manifests.rewrites_for(request.user_agent) {
         let step = RequestStep::LeaveManifest(Untouched::UserAgent);
-        return Decision { client: None, step, check: None };
+        return Decision { client: None, step, check: None, fallbacks: Vec::new() };
     }
     let client = classify_client(config, request.forwarded_for, request.source_address);
     let step = match client {
@@ -580,7 +625,7 @@ fn decide_manifest(
             expect_digest: None,
         }),
     };
-    Decision { client: Some(client), step, check: None }
+    Decision { client: Some(client), step, check: None, fallbacks: Vec::new() }
 }
 
 /// The value of the optional decision header: `<action>; client=<ip>; prefix=<cidr>; backend=<name>`.

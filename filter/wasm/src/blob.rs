@@ -6,8 +6,8 @@ use crate::host::Host;
 use crate::vm::Vm;
 use blobsteer_core::existence::CheckRequest;
 use blobsteer_core::{
-    Action, ClientMatch, Redirect, RequestStep, ResponseDecision, ResponsePlan, ResponseStep,
-    Verdict,
+    Action, ClientMatch, Fallback, Redirect, RequestStep, ResponseDecision, ResponsePlan,
+    ResponseStep, Verdict,
 };
 use proxy_wasm::types::Action as HostAction;
 
@@ -68,6 +68,20 @@ pub fn send_redirect<H: Host>(vm: &Vm<H>, redirect: &Redirect, client: &ClientMa
     let description = vm.describe(Action::Redirected, Some(client));
     if vm.redirect(redirect.status, &redirect.location, description.as_deref()) {
         vm.count(Action::Redirected, client.backend());
+        return HostAction::Pause;
+    }
+    HostAction::Continue
+}
+
+/// Answers the current request with the redirect to a backend of the client's fallback chain
+/// (its own lacks the blob), counted as that backend's redirect; the decision header names it.
+pub fn send_fallback<H: Host>(vm: &Vm<H>, fallback: &Fallback, client: &ClientMatch) -> HostAction {
+    let name = vm.config.backends().get(fallback.backend).map_or("", |b| b.name.as_str());
+    let description =
+        vm.describe(Action::Redirected, Some(client)).map(|d| format!("{d}; fallback={name}"));
+    let redirect = &fallback.redirect;
+    if vm.redirect(redirect.status, &redirect.location, description.as_deref()) {
+        vm.count(Action::Redirected, Some(fallback.backend));
         return HostAction::Pause;
     }
     HostAction::Continue

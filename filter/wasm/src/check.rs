@@ -17,7 +17,7 @@ use crate::host::Host;
 use crate::metrics::CheckEvent;
 use crate::vm::Vm;
 use blobsteer_core::existence::{CheckOutcome, CheckRequest, Known};
-use blobsteer_core::{Action, ClientMatch};
+use blobsteer_core::{Action, ClientMatch, Fallback};
 use proxy_wasm::types::Action as HostAction;
 use std::time::Duration;
 
@@ -108,8 +108,8 @@ fn settle<H: Host>(
     known: Known,
 ) -> (HostAction, Outcome) {
     let next = carry_out(vm, &then, &client, known);
-    let outcome = match (then, known) {
-        (Then::Redirect(_), Known::Absent) => {
+    let outcome = match (then, known, next) {
+        (Then::Redirect { .. }, Known::Absent, HostAction::Continue) => {
             Outcome::Passed(vm.describe(Action::PassedMirrorMissing, Some(&client)))
         }
         _ => Outcome::Done,
@@ -117,11 +117,27 @@ fn settle<H: Host>(
     (next, outcome)
 }
 
+/// The first backend of a fallback chain without a cluster (assumed to hold every blob) or known
+/// from the cache to hold this one. One not known yet is not asked: its own clients' checks
+/// teach the cache.
+fn usable_fallback<'f, H: Host>(vm: &Vm<H>, fallbacks: &'f [Fallback]) -> Option<&'f Fallback> {
+    fallbacks
+        .iter()
+        .find(|f| f.check.as_ref().map_or(true, |c| cached(vm, c) == Some(Known::Present)))
+}
+
 /// Carries out what a held stream does once `known`, on the host's current stream.
 fn carry_out<H: Host>(vm: &Vm<H>, then: &Then, client: &ClientMatch, known: Known) -> HostAction {
     match (then, known) {
-        (Then::Redirect(redirect), Known::Present) => blob::send_redirect(vm, redirect, client),
-        (Then::Redirect(_), Known::Absent) => {
+        (Then::Redirect { redirect, .. }, Known::Present) => {
+            blob::send_redirect(vm, redirect, client)
+        }
+        (Then::Redirect { fallbacks, .. }, Known::Absent) => {
+            if let Some(fallback) = usable_fallback(vm, fallbacks) {
+                if blob::send_fallback(vm, fallback, client) == HostAction::Pause {
+                    return HostAction::Pause;
+                }
+            }
             vm.count(Action::PassedMirrorMissing, client.backend());
             HostAction::Continue
         }
@@ -194,7 +210,16 @@ fn release<H: Host>(vm: &Vm<H>, entry_id: &str, which: impl Fn(&Waiter) -> bool,
         if vm.host.set_effective_context(waiter.context_id).is_err() {
             continue;
         }
-        vm.checks.borrow_mut().tell(waiter.context_id, known);
+        // What the stream's response phase reads: a stream sent to a fallback was steered.
+        let told = match (&waiter.then, known) {
+            (Then::Redirect { fallbacks, .. }, Known::Absent)
+                if usable_fallback(vm, fallbacks).is_some() =>
+            {
+                Known::Present
+            }
+            _ => known,
+        };
+        vm.checks.borrow_mut().tell(waiter.context_id, told);
         if carry_out(vm, &waiter.then, &waiter.client, known) != HostAction::Continue {
             continue;
         }

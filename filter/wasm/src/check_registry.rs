@@ -3,15 +3,20 @@
 //! Only `check` changes it, through these methods.
 
 use blobsteer_core::existence::Known;
-use blobsteer_core::{ClientMatch, Redirect, ResponseDecision};
+use blobsteer_core::{ClientMatch, Fallback, Redirect, ResponseDecision};
 use std::collections::{HashMap, HashSet};
 
 /// What a stream held for a check does with its answer.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Then {
-    /// Blob mode `redirect`, held in the request phase: this redirect if the blob is there,
-    /// upstream untouched otherwise.
-    Redirect(Redirect),
+    /// Blob mode `redirect`, held in the request phase: this redirect if the blob is there;
+    /// otherwise the first fallback known to hold it, else upstream untouched.
+    Redirect {
+        /// To the client's own backend.
+        redirect: Redirect,
+        /// Its fallback chain.
+        fallbacks: Vec<Fallback>,
+    },
     /// `verify_upstream`, held in the response phase once the upstream said yes.
     Judge(Box<Judged>),
 }

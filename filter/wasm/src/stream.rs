@@ -77,7 +77,7 @@ impl<H: Host> Stream<H> {
             user_agent: route.is_manifest().then(|| text("user-agent")).flatten(),
             has_body: !end_of_stream,
         };
-        let Decision { step, client, check } = decide_route(&vm.config, route, &request);
+        let Decision { step, client, check, fallbacks } = decide_route(&vm.config, route, &request);
         if step.changes_request() {
             vm.record_client_request(request.method, request.path);
         }
@@ -106,7 +106,7 @@ impl<H: Host> Stream<H> {
                 HostAction::Continue
             }
             (RequestStep::Respond(redirect), Some(client), Some(check)) => {
-                self.check(Then::Redirect(redirect), client, check)
+                self.check(Then::Redirect { redirect, fallbacks }, client, check)
             }
             (step, Some(client), _) => {
                 let (next, forwarded) = blob::steer(&vm, step, client);

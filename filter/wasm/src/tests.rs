@@ -804,3 +804,45 @@ fn a_lease_asked_for_a_later_renewal_is_kept_whatever_the_stream_does_meanwhile(
     let renew = vm.calls()[3].clone();
     assert_eq!(json_body(&renew)["success"][0]["request_put"]["lease"], "10");
 }
+
+#[test]
+fn a_blob_the_mirror_lacks_goes_to_the_first_fallback_known_to_hold_it() {
+    // eu (checked) falls back to fra (checked) and then cdn (no cluster: holds every blob).
+    let chain = r#", "cluster": "mirror_eu", "fallback": ["fra", "cdn"]},
+        {"name": "fra", "blob_url": "http://fra.example/b/{digest}", "cidrs": [], "cluster": "mirror_fra"},
+        {"name": "cdn", "blob_url": "http://cdn.example/b/{digest}", "cidrs": []"#;
+    let mut vm = Vm::new(chain, r#", "decision_header": "x-d""#);
+    assert_eq!(vm.blob(1, "GET", EU), HostAction::Pause);
+    vm.answer(vm.calls()[0].token, &[(":status", "404")], b"");
+    let (status, headers) = vm.host.stream(1).local_reply.expect("sent to a fallback");
+    assert_eq!(
+        (status, headers[0].1.as_str()),
+        (307, &*format!("http://cdn.example/b/{}", &BLOB[21..]))
+    );
+    assert!(headers[1].1.ends_with("; backend=eu; fallback=cdn"), "{:?}", headers[1]);
+    moved(
+        &vm,
+        &[
+            ("check.sent", 1),
+            ("check.not_found", 1),
+            ("redirected", 1),
+            ("backend.cdn.redirected", 1),
+        ],
+    );
+    // The local reply goes out with its own decision header, not "passed_mirror_missing".
+    assert_eq!(vm.response_headers(1, &[(":status", "307")]), HostAction::Continue);
+    assert_eq!(vm.host.stream(1).response_header("x-d"), None);
+    // Once fra is known to hold the blob, it comes first (and eu's absence is cached).
+    let fra = blobsteer_core::existence::CheckRequest::new(
+        &Default::default(),
+        "mirror_fra",
+        "fra",
+        &format!("http://fra.example/b/{}", &BLOB[21..]),
+    )
+    .unwrap();
+    let entry = fra.entry(blobsteer_core::existence::Known::Present, &Default::default(), 1_000);
+    vm.host.state().shared.insert(fra.cache_key.clone(), entry);
+    assert_eq!(vm.blob(2, "GET", EU), HostAction::Pause);
+    let (_, headers) = vm.host.stream(2).local_reply.unwrap();
+    assert!(headers[0].1.starts_with("http://fra.example/"), "{headers:?}");
+}
