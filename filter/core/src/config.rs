@@ -382,6 +382,17 @@ impl Validator {
             ("existence_check.negative_ttl_s", check.negative_ttl_s, existence::NEGATIVE_TTL_S),
             ("existence_check.positive_ttl_s", check.positive_ttl_s, existence::POSITIVE_TTL_S),
             ("existence_check.cache_slots", check.cache_slots, existence::CACHE_SLOTS),
+            (
+                "existence_check.down_after_failures",
+                check.down_after_failures,
+                existence::DOWN_AFTER_FAILURES,
+            ),
+            (
+                "existence_check.failure_window_s",
+                check.failure_window_s,
+                existence::FAILURE_WINDOW_S,
+            ),
+            ("existence_check.down_s", check.down_s, existence::DOWN_S),
             ("manifests.max_bytes", raw.manifests.max_bytes, manifest::MAX_BYTES),
             ("manifests.mapping_slots", raw.manifests.mapping_slots, manifest::MAPPING_SLOTS),
             ("manifests.cache_slots", raw.manifests.cache_slots, manifest::CACHE_SLOTS),

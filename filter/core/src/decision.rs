@@ -366,7 +366,7 @@ pub enum Verdict {
     /// blob on the mirror, `absent` otherwise (or if the check fails).
     Checked {
         /// The check to ask (or whose cached answer to read).
-        check: CheckRequest,
+        check: Box<CheckRequest>,
         /// The steering decision.
         present: ResponseDecision,
         /// The upstream's answer as the client asked it: a `GET` that went up as `HEAD` is sent
@@ -407,7 +407,8 @@ impl ResponsePlan {
             }
             _ => ResponseStep::Pass,
         };
-        Verdict::Checked { check, present, absent: decided(Action::PassedMirrorMissing, step) }
+        let absent = decided(Action::PassedMirrorMissing, step);
+        Verdict::Checked { check: Box::new(check), present, absent }
     }
 }
 

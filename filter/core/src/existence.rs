@@ -28,6 +28,13 @@ pub struct ExistenceSettings {
     pub positive_ttl_s: u32,
     /// Number of cache slots shared by all workers (about 200 bytes each).
     pub cache_slots: u32,
+    /// Consecutive failed checks (5xx, timeout, refused, reset) that take a backend down
+    /// (`crate::health`); 0 never does.
+    pub down_after_failures: u32,
+    /// The window those failures must fall within.
+    pub failure_window_s: u32,
+    /// How long a backend stays down before one request probes it.
+    pub down_s: u32,
 }
 
 impl Default for ExistenceSettings {
@@ -37,6 +44,9 @@ impl Default for ExistenceSettings {
             negative_ttl_s: 30,
             positive_ttl_s: 86_400,
             cache_slots: 65536,
+            down_after_failures: 5,
+            failure_window_s: 30,
+            down_s: 30,
         }
     }
 }
@@ -47,6 +57,12 @@ pub const TIMEOUT_MS: std::ops::RangeInclusive<u32> = 1..=60_000;
 pub const NEGATIVE_TTL_S: std::ops::RangeInclusive<u32> = 0..=86_400;
 /// Limits of `positive_ttl_s` (30 days at most).
 pub const POSITIVE_TTL_S: std::ops::RangeInclusive<u32> = 1..=2_592_000;
+/// Limits of `down_after_failures`.
+pub const DOWN_AFTER_FAILURES: std::ops::RangeInclusive<u32> = 0..=1000;
+/// Limits of `failure_window_s`.
+pub const FAILURE_WINDOW_S: std::ops::RangeInclusive<u32> = 1..=3600;
+/// Limits of `down_s`.
+pub const DOWN_S: std::ops::RangeInclusive<u32> = 1..=3600;
 /// Limits of `cache_slots`.
 pub const CACHE_SLOTS: std::ops::RangeInclusive<u32> = 1..=1_048_576;
 
@@ -74,6 +90,8 @@ pub struct CheckRequest {
     pub cache_key: String,
     /// What identifies this backend and blob URL in a cache entry (and among checks in flight).
     pub entry_id: String,
+    /// The backend's name (its health is kept by name).
+    pub backend: String,
 }
 
 impl CheckRequest {
@@ -102,6 +120,7 @@ impl CheckRequest {
                 slot_of(&[backend, location], settings.cache_slots)
             ),
             entry_id: format!("{backend} {location}"),
+            backend: backend.to_string(),
         })
     }
 

@@ -11,6 +11,7 @@ pub mod config;
 pub mod decision;
 pub mod digest;
 pub mod existence;
+pub mod health;
 pub mod manifest;
 pub mod mapping;
 pub mod ranges;

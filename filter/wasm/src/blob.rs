@@ -126,7 +126,7 @@ impl Forwarded {
         match plan.judge(vm.response_status().unwrap_or(0)) {
             Verdict::Decided(decision) => Answered::Done(apply(vm, &decision, &client)),
             Verdict::Checked { check, present, absent } => Answered::Check {
-                check: Box::new(check),
+                check,
                 then: Then::Judge(Box::new(Judged { present, absent })),
                 client,
             },

@@ -17,6 +17,7 @@ use crate::host::Host;
 use crate::metrics::CheckEvent;
 use crate::vm::Vm;
 use blobsteer_core::existence::{CheckOutcome, CheckRequest, Known};
+use blobsteer_core::health::{Admit, Health};
 use blobsteer_core::{Action, ClientMatch, Fallback};
 use proxy_wasm::types::Action as HostAction;
 use std::time::Duration;
@@ -58,7 +59,26 @@ pub fn start<H: Host>(
     client: ClientMatch,
     check: CheckRequest,
 ) -> (HostAction, Outcome) {
-    if let Some(known) = cached(vm, &check) {
+    // A backend that is down is skipped, and one request at a time probes it.
+    let settings = &vm.config.existence_check;
+    let mut probe = false;
+    if settings.down_after_failures > 0 {
+        let key = Health::key(&check.backend);
+        match Health::read(vm.host.shared(&key).as_deref()).admit(settings, vm.host.now_s()) {
+            Admit::Skip => {
+                vm.metrics.count_check(&vm.host, CheckEvent::SkippedDown);
+                return settle(vm, then, client, Known::Absent);
+            }
+            Admit::Probe(probing) => {
+                if let Err(refused) = vm.host.set_shared(&key, &probing.encode()) {
+                    log::warn!("cannot record a probe of {}: {refused:?}", check.backend);
+                }
+                probe = true;
+            }
+            Admit::Check => {}
+        }
+    }
+    if let Some(known) = cached(vm, &check).filter(|_| !probe) {
         let event = match known {
             Known::Present => CheckEvent::CachePresent,
             Known::Absent => CheckEvent::CacheAbsent,
@@ -155,9 +175,21 @@ impl Held {
         };
         let outcome = CheckOutcome::from_status(answer.status());
         vm.metrics.count_check(&vm.host, CheckEvent::Answer(outcome));
-        let entry = check.entry(outcome.known(), &vm.config.existence_check, vm.host.now_s());
+        let settings = &vm.config.existence_check;
+        let entry = check.entry(outcome.known(), settings, vm.host.now_s());
         if let Err(refused) = vm.host.set_shared(&check.cache_key, &entry) {
             log::warn!("cannot cache an existence check: {refused:?}");
+        }
+        if settings.down_after_failures > 0 {
+            let key = Health::key(&check.backend);
+            let health = Health::read(vm.host.shared(&key).as_deref());
+            let (next, change) = health.after(outcome, settings, vm.host.now_s());
+            if let Err(refused) = vm.host.set_shared(&key, &next.encode()) {
+                log::warn!("cannot record the health of {}: {refused:?}", check.backend);
+            }
+            if let Some(change) = change {
+                vm.metrics.count_health(&vm.host, &check.backend, change);
+            }
         }
         release(vm, &check.entry_id, |_| true, outcome.known());
         restore(vm, context_id);

@@ -7,6 +7,7 @@
 
 use crate::host::Host;
 use blobsteer_core::existence::CheckOutcome;
+use blobsteer_core::health::Transition;
 use blobsteer_core::manifest::Untouched;
 use blobsteer_core::store::StoreEvent;
 use blobsteer_core::{Action, Config};
@@ -23,6 +24,8 @@ pub enum CheckEvent {
     CachePresent,
     /// The cache knew, recently, that the mirror lacks the blob.
     CacheAbsent,
+    /// The backend is down (`blobsteer_core::health`): no check, its clients went on.
+    SkippedDown,
     /// The check could not be sent (e.g. the cluster is not defined in Envoy).
     NotSent,
     /// The mirror answered (or did not), as classified.
@@ -36,6 +39,7 @@ impl CheckEvent {
             CheckEvent::Coalesced => "coalesced",
             CheckEvent::CachePresent => "cache_present",
             CheckEvent::CacheAbsent => "cache_absent",
+            CheckEvent::SkippedDown => "skipped_down",
             CheckEvent::NotSent => "not_sent",
             CheckEvent::Answer(outcome) => outcome.as_str(),
         }
@@ -47,6 +51,7 @@ impl CheckEvent {
             CheckEvent::Coalesced,
             CheckEvent::CachePresent,
             CheckEvent::CacheAbsent,
+            CheckEvent::SkippedDown,
             CheckEvent::NotSent,
         ]
         .into_iter()
@@ -65,6 +70,8 @@ pub struct Metrics {
     untouched: HashMap<Option<Untouched>, u32>,
     /// `blobsteer.store.<event>`, defined only with a store configured.
     store: HashMap<StoreEvent, u32>,
+    /// `blobsteer.backend.<name>.down` and `.up`, for the backends that are checked.
+    health: HashMap<(String, bool), u32>,
 }
 
 impl Metrics {
@@ -109,7 +116,25 @@ impl Metrics {
                 define(host, format!("blobsteer.store.{}", e.as_str())).map(|id| (e, id))
             })
             .collect();
-        Metrics { actions, per_backend, checks, untouched, store }
+        let health = config
+            .backends()
+            .iter()
+            .filter(|b| b.cluster.is_some())
+            .flat_map(|b| [(b.name.clone(), false), (b.name.clone(), true)])
+            .filter_map(|(name, up)| {
+                let stat = format!("blobsteer.backend.{name}.{}", if up { "up" } else { "down" });
+                define(host, stat).map(|id| ((name, up), id))
+            })
+            .collect();
+        Metrics { actions, per_backend, checks, untouched, store, health }
+    }
+
+    /// Counts a backend going down or coming up.
+    pub fn count_health(&self, host: &impl Host, backend: &str, change: Transition) {
+        let up = change == Transition::WentUp;
+        if let Some(&id) = self.health.get(&(backend.to_string(), up)) {
+            increment(host, id);
+        }
     }
 
     /// Counts one action, and its backend's counter when there is one.

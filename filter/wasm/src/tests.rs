@@ -846,3 +846,44 @@ fn a_blob_the_mirror_lacks_goes_to_the_first_fallback_known_to_hold_it() {
     let (_, headers) = vm.host.stream(2).local_reply.unwrap();
     assert!(headers[0].1.starts_with("http://fra.example/"), "{headers:?}");
 }
+
+/// The path of a blob whose digest is `n` repeated.
+fn nth_blob(n: u32) -> String {
+    format!("/v2/demo/hello/blobs/sha256:{:064x}", n)
+}
+
+#[test]
+fn a_failing_mirror_is_taken_out_and_one_probe_brings_it_back() {
+    let health =
+        r#", "existence_check": {"down_after_failures": 3, "failure_window_s": 10, "down_s": 20}"#;
+    let mut vm = Vm::new(r#", "cluster": "mirror_eu""#, health);
+    let get = |vm: &mut Vm, id: u32| {
+        let path = nth_blob(id);
+        vm.request(id, &[(":method", "GET"), (":path", &path), ("x-forwarded-for", EU)])
+    };
+    // Three different blobs, three failed checks (a timeout, a reset, a 503): down.
+    for (id, answer) in
+        [(1, &[(":status", "504")][..]), (2, &[][..]), (3, &[(":status", "503")][..])]
+    {
+        assert_eq!(get(&mut vm, id), HostAction::Pause);
+        let token = vm.calls().last().unwrap().token;
+        vm.answer(token, answer, b"");
+        assert_eq!(vm.host.stream(id).resumed_requests, 1, "upstream");
+    }
+    assert_eq!(vm.host.counter("backend.eu.down"), 1);
+    // Down: no check for another blob; it goes upstream at once.
+    assert_eq!(get(&mut vm, 4), HostAction::Continue);
+    assert_eq!(vm.calls().len(), 3);
+    assert_eq!(vm.host.counter("check.skipped_down"), 1);
+    // After down_s, one request probes (even for a blob whose absence is cached), the next skips.
+    vm.host.state().now_s += 20;
+    assert_eq!(get(&mut vm, 1), HostAction::Pause, "the probe");
+    assert_eq!(get(&mut vm, 5), HostAction::Continue, "one probe at a time");
+    assert_eq!(vm.calls().len(), 4);
+    vm.answer(vm.calls()[3].token, &[(":status", "200")], b"");
+    assert_eq!(vm.host.stream(1).local_reply.map(|(s, _)| s), Some(307));
+    assert_eq!(vm.host.counter("backend.eu.up"), 1);
+    // Up again: checks as usual.
+    assert_eq!(get(&mut vm, 6), HostAction::Pause);
+    assert_eq!(vm.calls().len(), 5);
+}

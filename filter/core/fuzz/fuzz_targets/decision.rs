@@ -157,7 +157,7 @@ fn check_plan(config: &Config, request: &Request<'_>, plan: &ResponsePlan) {
         let (answer, absent) = match plan.clone().judge(status) {
             Verdict::Decided(answer) => (answer, None),
             Verdict::Checked { check, present, absent } => {
-                assert_eq!(Some(&check), plan.check.as_ref());
+                assert_eq!(Some(&*check), plan.check.as_ref());
                 (present, Some(absent))
             }
         };
