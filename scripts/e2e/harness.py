@@ -115,6 +115,19 @@ def warm_existence_cache(stack: stk.Stack, via: str) -> None:
             assert status == 307, (via, path, status)
 
 
+def fake_mirror(port: int, delay: float | None) -> RawServer:
+    """A mirror fault nginx cannot inject: it accepts every connection and either never answers
+    (`delay=None`) or answers 200 after `delay` seconds."""
+
+    def answer(_line: str, conn, stopped) -> None:
+        if delay is None:
+            stopped.wait()  # hold the connection, never answer
+        elif not stopped.wait(delay):
+            conn.sendall(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: close\r\n\r\n")
+
+    return RawServer(port, answer)
+
+
 def blob_path(digest: str) -> str:
     """The registry path of a demo blob."""
     return f"/v2/{stk.REPOSITORY}/blobs/{digest}"

@@ -9,25 +9,12 @@ import threading
 import time
 from pathlib import Path
 
-from harness import RawServer, Snapshot, StackTestCase, blob_path, request, stk
+from harness import Snapshot, StackTestCase, blob_path, fake_mirror, request, stk
 
 EU = "aws-eu-west-3"
 EU_XFF = "15.236.10.20"
 TTL_S = 2
 TIMEOUT_MS = 1500
-
-
-def fake_mirror(port: int, delay: float | None) -> RawServer:
-    """A mirror fault nginx cannot inject: it accepts every connection and either never answers
-    (`delay=None`) or answers 200 after `delay` seconds."""
-
-    def answer(_line: str, conn, stopped) -> None:
-        if delay is None:
-            stopped.wait()  # hold the connection, never answer
-        elif not stopped.wait(delay):
-            conn.sendall(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: close\r\n\r\n")
-
-    return RawServer(port, answer)
 
 
 class MirrorFaultsTest(StackTestCase):
