@@ -30,9 +30,12 @@ const COMMANDS: [(&str, &str); 4] = [
                    [--only CLOUD:REGION,...] [--exclude CLOUD:REGION,...]
                    [--alias CLOUD:REGION=REGION...] [--prefer CLOUD:REGION...] [--base CONFIG]
                    [--previous CONFIG [--max-removed-percent N]]
+                   [--default-backend NAME=BLOB_URL] [--fallbacks RULES.json]
       write a filter configuration with one backend per region of the providers' range files
       ({region} in a template is the region; AWS GLOBAL and GCP global are non-routable);
-      with --previous, refuse one that drops more than N% (default 10) of its prefixes
+      with --previous, refuse one that drops more than N% (default 10) of its prefixes;
+      --default-backend adds the backend of clients no prefix covers; --fallbacks gives
+      regions their fallback chains (a JSON object: CLOUD:REGION -> [CLOUD:REGION or default])
 ",
     ),
     (

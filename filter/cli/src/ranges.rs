@@ -2,8 +2,11 @@
 
 use crate::args::{Parsed, Usage};
 use blobsteer_core::ranges::refresh::{check_removals, DEFAULT_MAX_REMOVED_PERCENT};
-use blobsteer_core::ranges::{import, providers, Claim, Cloud, ImportOptions, RegionKey};
+use blobsteer_core::ranges::{
+    import, providers, Claim, Cloud, FallbackTarget, ImportOptions, RegionKey,
+};
 use serde_json::Value;
+use std::collections::BTreeMap;
 use std::process::ExitCode;
 
 /// Runs the command: the configuration on stdout, or every error on stderr and nothing on stdout.
@@ -22,6 +25,8 @@ pub fn run(argv: &[String]) -> Result<ExitCode, Usage> {
             "base",
             "previous",
             "max-removed-percent",
+            "default-backend",
+            "fallbacks",
         ],
     )?;
     if !args.positional.is_empty() {
@@ -120,5 +125,41 @@ fn options(args: &Parsed) -> Result<ImportOptions, Usage> {
             .ok_or_else(|| Usage(format!("--alias {spec:?} is not CLOUD:REGION=REGION")))?;
         options.aliases.insert(key(from)?, to.to_ascii_lowercase());
     }
+    if let Some(spec) = args.get("default-backend") {
+        let (name, url) = spec
+            .split_once('=')
+            .ok_or_else(|| Usage(format!("--default-backend {spec:?} is not NAME=BLOB_URL")))?;
+        options.default_backend = Some((name.to_string(), url.to_string()));
+    }
+    if let Some(path) = args.get("fallbacks") {
+        options.fallbacks =
+            fallbacks(path).map_err(|e| Usage(format!("--fallbacks {path}: {e}")))?;
+    }
     Ok(options)
+}
+
+/// A fallback rules file: `{"CLOUD:REGION": ["CLOUD:REGION" or "default", ...], ...}`.
+fn fallbacks(path: &str) -> Result<BTreeMap<RegionKey, Vec<FallbackTarget>>, String> {
+    let bytes = std::fs::read(path).map_err(|e| e.to_string())?;
+    // Keys starting with "_" are comments.
+    let rules: BTreeMap<String, Value> =
+        serde_json::from_slice(&bytes).map_err(|e| format!("not a JSON object: {e}"))?;
+    rules
+        .into_iter()
+        .filter(|(key, _)| !key.starts_with('_'))
+        .map(|(key, targets)| {
+            let Some(targets) = targets.as_array() else {
+                return Err(format!("{key}: not a list of regions"));
+            };
+            let targets = targets
+                .iter()
+                .map(|t| match t.as_str() {
+                    Some("default") => Ok(FallbackTarget::Default),
+                    Some(region) => region.parse().map(FallbackTarget::Region),
+                    None => Err(format!("{key}: {t} is not a region")),
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            Ok((key.parse()?, targets))
+        })
+        .collect()
 }

@@ -245,3 +245,66 @@ fn published_prefixes(files: &[(&str, String)]) -> Vec<(IpNet, String)> {
     }
     out
 }
+
+/// `--default-backend` and `--fallbacks`: the chains a refresh keeps, checked like the rest.
+#[test]
+fn a_default_backend_and_fallback_rules_go_into_the_config() {
+    let files = [("aws", fixture("aws.json"))];
+    let dir = common::tempdir();
+    let rules = dir.join("rules.json");
+    let write = |text: &str| std::fs::write(&rules, text).unwrap();
+    let rules_arg = rules.display().to_string();
+    let cdn = "--default-backend=cdn=https://cdn.example/containers/images/{digest}";
+    write(
+        r#"{"_comment": "ignored", "aws:eu-west-3": ["aws:us-east-1", "default"], "aws:ap-south-1": ["aws:ap-northeast-1"]}"#,
+    );
+    let out = ranges(&files, &[cdn, "--fallbacks", &rules_arg]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let config: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let backend = |name: &str| {
+        config["backends"].as_array().unwrap().iter().find(|b| b["name"] == name).unwrap().clone()
+    };
+    assert_eq!(backend("aws-eu-west-3")["fallback"], serde_json::json!(["aws-us-east-1", "cdn"]));
+    assert_eq!(backend("aws-ap-south-1")["fallback"], serde_json::json!(["aws-ap-northeast-1"]));
+    assert_eq!(
+        (backend("cdn")["cidrs"].clone(), config["default_backend"].clone()),
+        (serde_json::json!([]), "cdn".into())
+    );
+
+    // Typos do not pass: a region with no backend, an unknown target, "default" without one.
+    write(r#"{"aws:eu-west-9": ["aws:us-east-1"], "aws:eu-west-3": ["aws:us-west-7", "default"]}"#);
+    let err = String::from_utf8(ranges(&files, &["--fallbacks", &rules_arg]).stderr).unwrap();
+    for want in [
+        "--fallbacks aws:eu-west-3: aws-us-west-7 is not a backend made",
+        "--fallbacks aws:eu-west-3: \"default\" needs --default-backend",
+        "--fallbacks aws:eu-west-9: no backend of its own (a typo, or aliased or kept out)",
+    ] {
+        assert!(err.contains(want), "missing {want:?} in:\n{err}");
+    }
+}
+
+/// The shipped example (AWS, modelled on registry.k8s.io's neighbours) applies to the real AWS
+/// file: every chain is made and none goes round.
+#[test]
+fn the_shipped_aws_fallback_example_applies_to_the_real_aws_file() {
+    let aws = root().join("../shared/data/aws-ip-ranges.json");
+    if !aws.is_file() {
+        eprintln!(
+            "SKIPPED: {} is absent; the real AWS file is needed for this test",
+            aws.display()
+        );
+        return;
+    }
+    let example = testdata("ranges/aws-fallbacks.example.json");
+    let cdn = "--default-backend=cdn=https://cdn.example/containers/images/{digest}";
+    let out = ranges(&[("aws", aws.display().to_string())], &[cdn, "--fallbacks", &example]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let config: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let chains = config["backends"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|b| b.get("fallback").is_some())
+        .count();
+    assert_eq!(chains, 18, "every rule of the example became a chain");
+}

@@ -130,6 +130,19 @@ pub struct ImportOptions {
     pub aliases: BTreeMap<RegionKey, String>,
     /// Regions that win when several claim the very same prefix.
     pub prefer: BTreeSet<RegionKey>,
+    /// A backend (name, blob URL) for clients no prefix covers: the `default_backend`.
+    pub default_backend: Option<(String, String)>,
+    /// Per region with a backend, the backends its clients fall back to, in order.
+    pub fallbacks: BTreeMap<RegionKey, Vec<FallbackTarget>>,
+}
+
+/// A fallback rule's target.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub enum FallbackTarget {
+    /// The backend of a region (after aliasing).
+    Region(RegionKey),
+    /// The default backend.
+    Default,
 }
 
 /// Where the clients of a prefix go.
@@ -225,6 +238,42 @@ pub fn import(
             "cidrs": cidrs.iter().map(ToString::to_string).collect::<Vec<_>>(),
         }));
     }
+    let made: BTreeSet<String> =
+        backend_values.iter().filter_map(|b| b["name"].as_str().map(str::to_string)).collect();
+    for value in &mut backend_values {
+        let name = value["name"].as_str().unwrap_or_default().to_string();
+        let Some((key, targets)) = options.fallbacks.iter().find(|(k, _)| backend_name(k) == name)
+        else {
+            continue;
+        };
+        let mut chain = Vec::new();
+        for target in targets {
+            match fallback_name(target, options) {
+                Ok(next) if made.contains(&next) || Some(&next) == default_name(options) => {
+                    chain.push(next)
+                }
+                Ok(next) => errors.push(format!("--fallbacks {key}: {next} is not a backend made")),
+                Err(why) => errors.push(format!("--fallbacks {key}: {why}")),
+            }
+        }
+        value["fallback"] = json!(chain);
+    }
+    for key in options.fallbacks.keys() {
+        if !made.contains(&backend_name(key)) {
+            errors.push(format!(
+                "--fallbacks {key}: no backend of its own (a typo, or aliased or kept out)"
+            ));
+        }
+    }
+    if let Some((name, url)) = &options.default_backend {
+        match UrlTemplate::parse(url) {
+            Ok(_) => {
+                backend_values.push(json!({"name": name, "blob_url": url, "cidrs": []}));
+                config.insert("default_backend".into(), json!(name));
+            }
+            Err(e) => errors.push(format!("--default-backend {name}: {url:?} {e}")),
+        }
+    }
     if !errors.is_empty() {
         errors.dedup();
         return Err(errors);
@@ -240,6 +289,28 @@ pub fn import(
             .collect::<Vec<_>>()
     })?;
     Ok(text)
+}
+
+/// The name of the backend `key` gets.
+fn backend_name(key: &RegionKey) -> String {
+    format!("{}-{}", key.cloud.as_str(), key.region)
+}
+
+fn default_name(options: &ImportOptions) -> Option<&String> {
+    options.default_backend.as_ref().map(|(name, _)| name)
+}
+
+/// The backend a fallback target names (a region's, after aliasing; or the default).
+fn fallback_name(target: &FallbackTarget, options: &ImportOptions) -> Result<String, String> {
+    match target {
+        FallbackTarget::Default => default_name(options)
+            .cloned()
+            .ok_or_else(|| "\"default\" needs --default-backend".into()),
+        FallbackTarget::Region(key) => {
+            let region = options.aliases.get(key).cloned().unwrap_or_else(|| key.region.clone());
+            Ok(backend_name(&RegionKey::new(key.cloud, &region)))
+        }
+    }
 }
 
 fn outcome(claim: &Claim, options: &ImportOptions) -> Outcome {
