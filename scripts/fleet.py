@@ -286,15 +286,11 @@ def run(args: argparse.Namespace) -> int:
         try:
             stack_banner, ctrl_c = stk.banner(stack, containerd).rsplit("\n", 1)
             print(f"{stack_banner}{banner(fleet)}\n\n{ctrl_c}", flush=True)
-            dead = stk.wait_until_stopped(stack.parts() + fleet.parts() + [containerd])
-            if dead:
-                print(f"\n{dead.name} exited unexpectedly; last lines of {dead.log_path}:")
-                print(stk.log_tail(dead.log_path))
-            print("stopping...", flush=True)
+            died = stk.serve_until_stopped(stack.parts() + fleet.parts() + [containerd])
         finally:
             fleet.stop()
     print("stopped.")
-    return 1 if dead else 0
+    return 1 if died else 0
 
 
 def main(argv: list[str] | None = None) -> int:

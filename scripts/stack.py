@@ -1370,6 +1370,17 @@ def wait_until_stopped(parts: list[ManagedProcess]) -> ManagedProcess | None:
         signal.pthread_sigmask(signal.SIG_UNBLOCK, signals)
 
 
+def serve_until_stopped(parts: list[ManagedProcess]) -> bool:
+    """`run`'s wait: until Ctrl-C or SIGTERM, or until one of `parts` exits (its log's last
+    lines printed); whether one did."""
+    dead = wait_until_stopped(parts)
+    if dead:
+        print(f"\n{dead.name} exited unexpectedly; last lines of {dead.log_path}:")
+        print(log_tail(dead.log_path))
+    print("stopping...", flush=True)
+    return dead is not None
+
+
 def exit_on_sigterm(signum, frame) -> None:
     """A SIGTERM handler that unwinds like Ctrl-C, so every part started is stopped on the way
     out."""
@@ -1431,13 +1442,9 @@ def run(args: argparse.Namespace) -> int:
                 f" --out {stack.live_resource}",
                 flush=True,
             )
-        dead = wait_until_stopped(stack.parts() + [containerd])
-        if dead:
-            print(f"\n{dead.name} exited unexpectedly; last lines of {dead.log_path}:")
-            print(log_tail(dead.log_path))
-        print("stopping...", flush=True)
+        died = serve_until_stopped(stack.parts() + [containerd])
     print("stopped.")
-    return 1 if dead else 0
+    return 1 if died else 0
 
 
 def main(argv: list[str] | None = None) -> int:
