@@ -101,12 +101,6 @@ pub struct Reissue {
     pub plan: ManifestPlan,
 }
 
-/// The shared-data keys where a digest the filter produced would be remembered (`secret`:
-/// the value at [`manifest::SECRET_KEY`]).
-pub fn lookup_keys(config: &Config, lookup: &DigestLookup, secret: &[u8]) -> [String; 2] {
-    Mapping::places(&lookup.digest, config.manifests.mapping_slots, secret)
-}
-
 /// A request by digest, given what its key holds: the request for the original if the filter
 /// produced that digest for this repository and a backend it still has, `None` otherwise (the
 /// request goes upstream untouched).

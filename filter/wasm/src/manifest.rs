@@ -6,7 +6,7 @@
 use crate::callout::{Answer, Callouts, Purpose};
 use crate::check;
 use crate::host::{Headers, Host};
-use crate::memory;
+use crate::memory::Memory;
 use crate::store;
 use crate::vm::Vm;
 use blobsteer_core::manifest::{Child, Mapping, Untouched};
@@ -106,11 +106,12 @@ pub fn lookup<H: Host>(
     lookup: DigestLookup,
     header: impl Fn(&str) -> Option<String>,
 ) -> Looked {
-    let remembered = memory::recall(vm, &lookup.digest);
+    let memory = Memory::open(vm);
+    let remembered = memory.recall(&lookup.digest);
     let remembered = [remembered[0].as_deref(), remembered[1].as_deref()];
     let store = vm.config.manifests.store.as_ref();
     if let Some(settings) = store {
-        renew_if_stale(vm, settings, callouts, &lookup.digest, remembered);
+        renew_if_stale(&memory, settings, callouts, &lookup.digest, remembered);
     }
     if let Some(found) = reissue(vm, lookup.clone(), remembered, header) {
         return Looked::Found(found);
@@ -144,12 +145,13 @@ fn reissue<H: Host>(
 /// (under the VM's lease; without a fresh one, a lease is asked for the next use), so a digest
 /// in use never expires. Nothing waits for it.
 fn renew_if_stale<H: Host>(
-    vm: &Vm<H>,
+    memory: &Memory<'_, H>,
     settings: &StoreSettings,
     callouts: &mut Callouts,
     digest: &str,
     remembered: [Option<&[u8]>; 2],
 ) {
+    let vm = memory.vm();
     let now = vm.host.now_s();
     let Some((mapping, at)) = remembered.iter().find_map(|v| Mapping::decode_at(*v, digest)) else {
         return;
@@ -161,7 +163,7 @@ fn renew_if_stale<H: Host>(
         Some(lease) => {
             let call = settings.renew(&[&mapping], &lease, now);
             if store::send(vm, settings, callouts, &call, Purpose::StoreRenew) {
-                memory::remember(vm, digest, &mapping.encode(now));
+                memory.remember(digest, &mapping.encode(now));
             }
         }
         None => {
@@ -187,10 +189,11 @@ fn finish<H: Host>(
     };
     // Records this Envoy wrote (or read) within a quarter of the TTL are known to be there.
     let now = vm.host.now_s();
+    let memory = Memory::open(vm);
     let records: Vec<Mapping> = remember
         .iter()
         .filter(|record| {
-            let held = memory::recall(vm, &record.digest);
+            let held = memory.recall(&record.digest);
             let known = held.iter().find_map(|v| Mapping::decode_at(v.as_deref(), &record.digest));
             !known.is_some_and(|(m, at)| m == **record && !settings.is_stale(at, now))
         })
@@ -448,8 +451,9 @@ fn looked_up<H: Host>(
     let next = match found {
         Some(Ok(Some((value, _)))) => {
             vm.metrics.count_store(&vm.host, StoreEvent::Hit);
-            memory::remember(vm, &lookup.digest, &value);
-            renew_if_stale(vm, settings, callouts, &lookup.digest, [Some(&value), None]);
+            let memory = Memory::open(vm);
+            memory.remember(&lookup.digest, &value);
+            renew_if_stale(&memory, settings, callouts, &lookup.digest, [Some(&value), None]);
             let headers = vm.host.headers(Headers::Request);
             let header = |name: &str| {
                 let value = headers.iter().find(|(n, _)| n == name).map(|(_, v)| v.clone())?;
@@ -559,9 +563,9 @@ fn apply<H: Host>(vm: &Vm<H>, job: &ManifestJob, reply: &Reply, body_size: usize
         (action, None) => vm.count(action, backend),
     }
     if let Reply::Rewritten { remember, .. } = reply {
-        let now = vm.host.now_s();
+        let (memory, now) = (Memory::open(vm), vm.host.now_s());
         for mapping in remember {
-            memory::remember(vm, &mapping.digest, &mapping.encode(now));
+            memory.remember(&mapping.digest, &mapping.encode(now));
         }
     }
     let edit = job.edit(reply);

@@ -6,25 +6,44 @@ use crate::host::Host;
 use crate::vm::Vm;
 use blobsteer_core::manifest::{Mapping, SECRET_KEY};
 
-/// The shared-data keys where `digest` would be remembered.
-pub fn places<H: Host>(vm: &Vm<H>, digest: &str) -> [String; 2] {
-    Mapping::places(digest, vm.config.manifests.mapping_slots, &secret(vm))
+/// The memory as one stream event uses it: the secret is read once, however many digests the
+/// event looks up or remembers (an index and all its children).
+pub struct Memory<'v, H> {
+    vm: &'v Vm<H>,
+    secret: Vec<u8>,
 }
 
-/// What the two candidate slots of `digest` hold now.
-pub fn recall<H: Host>(vm: &Vm<H>, digest: &str) -> [Option<Vec<u8>>; 2] {
-    places(vm, digest).map(|key| vm.host.shared(&key))
-}
+impl<'v, H: Host> Memory<'v, H> {
+    /// The memory of `vm`'s Envoy.
+    pub fn open(vm: &'v Vm<H>) -> Self {
+        Memory { vm, secret: secret(vm) }
+    }
 
-/// Remembers a mapping's encoded `value` for `digest`, in the candidate slot that already
-/// holds it, else an empty one, else the one written earlier.
-pub fn remember<H: Host>(vm: &Vm<H>, digest: &str, value: &[u8]) {
-    let places = places(vm, digest);
-    let held = places.clone().map(|key| vm.host.shared(&key));
-    let at = Mapping::choose(digest, [held[0].as_deref(), held[1].as_deref()]);
-    let key = places.get(at).map_or("", String::as_str);
-    if let Err(refused) = vm.host.set_shared(key, value) {
-        log::warn!("cannot remember a rewritten digest ({key}): {refused:?}");
+    /// The VM it belongs to.
+    pub fn vm(&self) -> &'v Vm<H> {
+        self.vm
+    }
+
+    /// The shared-data keys where `digest` would be remembered.
+    fn places(&self, digest: &str) -> [String; 2] {
+        Mapping::places(digest, self.vm.config.manifests.mapping_slots, &self.secret)
+    }
+
+    /// What the two candidate slots of `digest` hold now.
+    pub fn recall(&self, digest: &str) -> [Option<Vec<u8>>; 2] {
+        self.places(digest).map(|key| self.vm.host.shared(&key))
+    }
+
+    /// Remembers a mapping's encoded `value` for `digest`, in the candidate slot that already
+    /// holds it, else an empty one, else the one written earlier.
+    pub fn remember(&self, digest: &str, value: &[u8]) {
+        let places = self.places(digest);
+        let held = places.clone().map(|key| self.vm.host.shared(&key));
+        let at = Mapping::choose(digest, [held[0].as_deref(), held[1].as_deref()]);
+        let key = places.get(at).map_or("", String::as_str);
+        if let Err(refused) = self.vm.host.set_shared(key, value) {
+            log::warn!("cannot remember a rewritten digest ({key}): {refused:?}");
+        }
     }
 }
 
