@@ -111,8 +111,8 @@ fn describe(config: &Config, request: &Request<'_>, xff: Option<&str>) -> Value 
         "client_ip": client.ip().map(|ip| ip.to_string()),
         "client_ip_source": source,
         "backend": client.backend().and_then(|b| config.backends().get(b)).map(|b| b.name.as_str()),
-        // Where the client goes, in order, if its (checked) backend lacks the blob: the first
-        // without a cluster or known to hold it; after them, the registry.
+        // Where the client goes, in order, if its (checked) backend lacks the blob or is down:
+        // each in turn, used at once without a cluster, else checked; after them, the registry.
         "fallback": fallbacks
             .iter()
             .filter_map(|f| config.backends().get(f.backend))

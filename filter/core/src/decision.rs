@@ -287,8 +287,8 @@ pub struct Decision {
     /// untouched (absent). A forwarded request's check is in its [`ResponsePlan`]: it is asked
     /// after the upstream, not before.
     pub check: Option<CheckRequest>,
-    /// Blob mode `redirect`, for a checked backend: where the client goes, in order, if its
-    /// backend is known to lack the blob (its `fallback` chain); after them, the registry.
+    /// For a checked backend (either blob mode): where the client goes, in order, if its
+    /// backend lacks the blob or is down (its `fallback` chain); after them, the registry.
     pub fallbacks: Vec<Fallback>,
 }
 
@@ -300,7 +300,7 @@ pub struct Fallback {
     /// The redirect to its URL for the blob.
     pub redirect: Redirect,
     /// Its existence check, if it has a `cluster` (without one it is assumed to hold every
-    /// blob): it is used only once its cache entry says the blob is there.
+    /// blob): it is used only once its check (or the cache) says the blob is there.
     pub check: Option<CheckRequest>,
 }
 
@@ -350,6 +350,20 @@ pub struct ResponseDecision {
 }
 
 impl ResponseDecision {
+    /// The same steering decision, towards a backend of the client's fallback chain: its own
+    /// backend lacks the blob (`verify_upstream`, once the upstream said yes).
+    pub fn towards(&self, fallback: &Fallback) -> ResponseDecision {
+        let location = fallback.redirect.location.clone();
+        let step = match &self.step {
+            ResponseStep::Respond(redirect) => {
+                ResponseStep::Respond(Redirect { status: redirect.status, location })
+            }
+            ResponseStep::RewriteLocation(_) => ResponseStep::RewriteLocation(location),
+            ResponseStep::Pass => ResponseStep::Pass,
+        };
+        ResponseDecision { step, backend: fallback.backend, ..*self }
+    }
+
     /// Whether a kept response must say `content-length: 0`: it answers a `HEAD` sent for a
     /// `GET`, so it has no body, and an HTTP/1.1 client would wait for bytes that never come.
     pub fn zero_content_length(&self) -> bool {
@@ -533,6 +547,9 @@ pub fn decide_route(config: &Config, route: Route<'_>, request: &Request<'_>) ->
                 Some(b) => {
                     let location = b.blob_url.render(repository, digest);
                     let backend_check = blob_check(config, b, &location);
+                    if backend_check.is_some() {
+                        fallbacks = fallbacks_of(config, b, repository, digest);
+                    }
                     match config.blobs.mode {
                         BlobMode::VerifyUpstream => RequestStep::Forward(ResponsePlan {
                             backend,
@@ -542,9 +559,6 @@ pub fn decide_route(config: &Config, route: Route<'_>, request: &Request<'_>) ->
                             check: backend_check,
                         }),
                         _ => {
-                            if backend_check.is_some() {
-                                fallbacks = fallbacks_of(config, b, repository, digest);
-                            }
                             check = backend_check;
                             RequestStep::Respond(Redirect {
                                 status: config.blobs.redirect_status,
@@ -881,6 +895,52 @@ mod tests {
             let digest = format!("/v2/demo/hello/manifests/sha256:{}", "a".repeat(64));
             assert!(matches!(by(&digest, agent), RequestStep::LookupRewritten(_)), "{agent:?}");
         }
+    }
+
+    #[test]
+    fn a_checked_backends_chain_comes_with_either_blob_mode_and_steers_there() {
+        let json = |mode: &str| {
+            format!(
+                r#"{{"backends": [
+                {{"name": "eu", "blob_url": "https://eu/{{digest}}", "cidrs": ["15.236.0.0/15"],
+                  "cluster": "m_eu", "fallback": ["fra", "cdn"]}},
+                {{"name": "fra", "blob_url": "https://fra/{{repository}}/{{digest}}", "cidrs": [], "cluster": "m_fra"}},
+                {{"name": "cdn", "blob_url": "https://cdn/{{digest}}", "cidrs": []}}],
+                "blobs": {{"mode": "{mode}"}}}}"#
+            )
+        };
+        for mode in ["redirect", "verify_upstream"] {
+            let c = Config::from_json(json(mode).as_bytes()).unwrap();
+            let d = decide_request(&c, &request("GET", BLOB, &["15.236.10.20"]));
+            let chain: Vec<_> = d.fallbacks.iter().map(|f| f.backend).collect();
+            assert_eq!(chain, [1, 2], "{mode}");
+            assert_eq!(
+                d.fallbacks[0].redirect.location,
+                format!("https://fra/demo/hello/{}", &BLOB[21..])
+            );
+            assert_eq!(d.fallbacks[0].check.as_ref().map(|c| c.cluster.as_str()), Some("m_fra"));
+            assert_eq!(d.fallbacks[1].check, None, "no cluster: assumed to hold every blob");
+        }
+        // verify_upstream: the same steering, towards the fallback.
+        let c = Config::from_json(json("verify_upstream").as_bytes()).unwrap();
+        let d = decide_request(&c, &request("GET", BLOB, &["15.236.10.20"]));
+        let RequestStep::Forward(plan) = d.step else { panic!("{d:?}") };
+        for (status, action) in [(200, Action::Redirected), (307, Action::LocationRewritten)] {
+            let Verdict::Checked { present, .. } = plan.clone().judge(status) else { panic!() };
+            let towards = present.towards(&d.fallbacks[1]);
+            assert_eq!((towards.action, towards.backend), (action, 2));
+            let location = match towards.step {
+                ResponseStep::Respond(r) => r.location,
+                ResponseStep::RewriteLocation(l) => l,
+                ResponseStep::Pass => panic!("{status}"),
+            };
+            assert_eq!(location, d.fallbacks[1].redirect.location);
+        }
+        // A backend without a cluster is never checked, so it has no chain to go down.
+        let c =
+            Config::from_json(json("redirect").replace(r#""cluster": "m_eu", "#, "").as_bytes())
+                .unwrap();
+        assert!(decide_request(&c, &request("GET", BLOB, &["15.236.10.20"])).fallbacks.is_empty());
     }
 
     #[test]

@@ -1,7 +1,7 @@
 //! Blob steering in the stream: a redirect answered at once, or a request sent upstream whose
 //! answer is judged by the core's [`ResponsePlan`] (`verify_upstream`, `Location` rewriting).
 
-use crate::check_registry::{Judged, Then};
+use crate::check_registry::{Judged, Steer, Then};
 use crate::host::Host;
 use crate::vm::Vm;
 use blobsteer_core::existence::CheckRequest;
@@ -16,6 +16,8 @@ use proxy_wasm::types::Action as HostAction;
 pub struct Forwarded {
     plan: ResponsePlan,
     client: ClientMatch,
+    /// The client's fallback chain, for a checked backend.
+    fallbacks: Vec<Fallback>,
 }
 
 /// What the upstream's answer to a forwarded request leads to in the stream.
@@ -42,14 +44,17 @@ pub fn steer<H: Host>(
     vm: &Vm<H>,
     step: RequestStep,
     client: ClientMatch,
+    fallbacks: Vec<Fallback>,
 ) -> (HostAction, Option<Forwarded>) {
     match step {
-        RequestStep::Respond(redirect) => (send_redirect(vm, &redirect, &client), None),
+        RequestStep::Respond(redirect) => {
+            (send_redirect(vm, &redirect, client.backend(), &client), None)
+        }
         RequestStep::Forward(plan) => {
             if plan.send_as_head() && !vm.set_request_header(":method", "HEAD") {
                 return (HostAction::Continue, None);
             }
-            (HostAction::Continue, Some(Forwarded { plan, client }))
+            (HostAction::Continue, Some(Forwarded { plan, client, fallbacks }))
         }
         RequestStep::Pass(action) => {
             vm.count(action, client.backend());
@@ -62,34 +67,41 @@ pub fn steer<H: Host>(
     }
 }
 
-/// Answers the current request with the redirect to the client's backend, counted; if the host
-/// refuses, the request goes upstream untouched.
-pub fn send_redirect<H: Host>(vm: &Vm<H>, redirect: &Redirect, client: &ClientMatch) -> HostAction {
-    let description = vm.describe(Action::Redirected, Some(client));
+/// Answers the current request with the redirect to `backend` (the client's own, or one of its
+/// fallback chain), counted for it; if the host refuses, the request goes upstream untouched.
+pub fn send_redirect<H: Host>(
+    vm: &Vm<H>,
+    redirect: &Redirect,
+    backend: Option<usize>,
+    client: &ClientMatch,
+) -> HostAction {
+    let description = describe(vm, Action::Redirected, backend, client);
     if vm.redirect(redirect.status, &redirect.location, description.as_deref()) {
-        vm.count(Action::Redirected, client.backend());
+        vm.count(Action::Redirected, backend);
         return HostAction::Pause;
     }
     HostAction::Continue
 }
 
-/// Answers the current request with the redirect to a backend of the client's fallback chain
-/// (its own lacks the blob), counted as that backend's redirect; the decision header names it.
-pub fn send_fallback<H: Host>(vm: &Vm<H>, fallback: &Fallback, client: &ClientMatch) -> HostAction {
-    let name = vm.config.backends().get(fallback.backend).map_or("", |b| b.name.as_str());
-    let description =
-        vm.describe(Action::Redirected, Some(client)).map(|d| format!("{d}; fallback={name}"));
-    let redirect = &fallback.redirect;
-    if vm.redirect(redirect.status, &redirect.location, description.as_deref()) {
-        vm.count(Action::Redirected, Some(fallback.backend));
-        return HostAction::Pause;
-    }
-    HostAction::Continue
+/// The decision header's value for steering to `backend`: it names a backend of the client's
+/// fallback chain (its own lacked the blob, or was down).
+fn describe<H: Host>(
+    vm: &Vm<H>,
+    action: Action,
+    backend: Option<usize>,
+    client: &ClientMatch,
+) -> Option<String> {
+    let description = vm.describe(action, Some(client))?;
+    let Some(other) = backend.filter(|&b| client.backend() != Some(b)) else {
+        return Some(description);
+    };
+    let name = vm.config.backends().get(other).map_or("", |b| b.name.as_str());
+    Some(format!("{description}; fallback={name}"))
 }
 
 /// Carries out a decision on the current stream's response headers.
 pub fn apply<H: Host>(vm: &Vm<H>, decision: &ResponseDecision, client: &ClientMatch) -> HostAction {
-    let description = vm.describe(decision.action, Some(client));
+    let description = describe(vm, decision.action, Some(decision.backend), client);
     match &decision.step {
         ResponseStep::Respond(redirect) => {
             if vm.redirect(redirect.status, &redirect.location, description.as_deref()) {
@@ -122,12 +134,15 @@ impl Forwarded {
     /// The upstream answered: redirect, rewrite `Location`, or pass; or, for a checked backend
     /// the upstream said yes for, ask its check first.
     pub fn on_response<H: Host>(self, vm: &Vm<H>) -> Answered {
-        let Forwarded { plan, client } = self;
+        let Forwarded { plan, client, fallbacks } = self;
         match plan.judge(vm.response_status().unwrap_or(0)) {
             Verdict::Decided(decision) => Answered::Done(apply(vm, &decision, &client)),
             Verdict::Checked { check, present, absent } => Answered::Check {
                 check,
-                then: Then::Judge(Box::new(Judged { present, absent })),
+                then: Then {
+                    steer: Steer::Judge(Box::new(Judged { present, absent })),
+                    chain: fallbacks.into(),
+                },
                 client,
             },
         }

@@ -2,20 +2,30 @@
 //! waits for each, what each released stream was told, and which clusters cannot take a check.
 //! Only `check` changes it, through these methods.
 
-use blobsteer_core::existence::Known;
+use blobsteer_core::existence::{CheckRequest, Known};
 use blobsteer_core::{ClientMatch, Fallback, Redirect, ResponseDecision};
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 
-/// What a stream held for a check does with its answer.
+/// What a stream held for a check does with its answer: steer the client to the backend
+/// checked, or, if that one lacks the blob or is down, move on along the rest of its chain.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Then {
-    /// Blob mode `redirect`, held in the request phase: this redirect if the blob is there;
-    /// otherwise the first fallback known to hold it, else upstream untouched.
+pub struct Then {
+    /// What to do once the backend checked is known to hold the blob.
+    pub steer: Steer,
+    /// The rest of the client's fallback chain, in order; after it, `steer`'s upstream answer.
+    pub chain: VecDeque<Fallback>,
+}
+
+/// The steering a held stream does, in the phase it is held in.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Steer {
+    /// Blob mode `redirect`, held in the request phase: this redirect, counted for `backend`
+    /// (the client's own, or one of its chain); if the chain runs out, upstream untouched.
     Redirect {
-        /// To the client's own backend.
+        /// To the backend checked.
         redirect: Redirect,
-        /// Its fallback chain.
-        fallbacks: Vec<Fallback>,
+        /// The backend checked.
+        backend: usize,
     },
     /// `verify_upstream`, held in the response phase once the upstream said yes.
     Judge(Box<Judged>),
@@ -33,8 +43,34 @@ pub struct Judged {
 impl Then {
     /// Whether the stream is held in its response phase (else in its request phase).
     pub fn in_response(&self) -> bool {
-        matches!(self, Then::Judge(_))
+        matches!(self.steer, Steer::Judge(_))
     }
+
+    /// Moves on to the next backend of the chain, which the stream now steers to.
+    pub fn advance(&mut self) -> Next {
+        let Some(next) = self.chain.pop_front() else {
+            return Next::End;
+        };
+        match &mut self.steer {
+            Steer::Redirect { redirect, backend } => {
+                *redirect = next.redirect;
+                *backend = next.backend;
+            }
+            Steer::Judge(judged) => judged.present = judged.present.towards(&next),
+        }
+        next.check.map_or(Next::Unchecked, Next::Check)
+    }
+}
+
+/// The next backend of a held stream's chain.
+#[derive(Debug)]
+pub enum Next {
+    /// It has a cluster: this check says whether it holds the blob.
+    Check(CheckRequest),
+    /// It has no cluster: assumed to hold every blob.
+    Unchecked,
+    /// The chain is done.
+    End,
 }
 
 /// A stream held until a check answers, with what it will do then.
@@ -60,15 +96,9 @@ pub struct CheckRegistry {
 }
 
 impl CheckRegistry {
-    /// Adds a waiter to the check in flight for `entry_id`; gives it back if there is none.
-    pub fn join(&mut self, entry_id: &str, waiter: Waiter) -> Result<(), Waiter> {
-        match self.in_flight.get_mut(entry_id) {
-            Some(waiters) => {
-                waiters.push(waiter);
-                Ok(())
-            }
-            None => Err(waiter),
-        }
+    /// The waiters of the check in flight for `entry_id`, if there is one: a stream joins it.
+    pub fn waiters_of(&mut self, entry_id: &str) -> Option<&mut Vec<Waiter>> {
+        self.in_flight.get_mut(entry_id)
     }
 
     /// Records a check just sent, with its sender as the first waiter.

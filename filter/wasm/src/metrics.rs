@@ -28,6 +28,9 @@ pub enum CheckEvent {
     SkippedDown,
     /// The check could not be sent (e.g. the cluster is not defined in Envoy).
     NotSent,
+    /// A backend of a fallback chain, not known yet, was passed over by a stream released from
+    /// another stream's callback (only the stream the host calls back can send a check).
+    PassedOver,
     /// The mirror answered (or did not), as classified.
     Answer(CheckOutcome),
 }
@@ -41,6 +44,7 @@ impl CheckEvent {
             CheckEvent::CacheAbsent => "cache_absent",
             CheckEvent::SkippedDown => "skipped_down",
             CheckEvent::NotSent => "not_sent",
+            CheckEvent::PassedOver => "passed_over",
             CheckEvent::Answer(outcome) => outcome.as_str(),
         }
     }
@@ -53,6 +57,7 @@ impl CheckEvent {
             CheckEvent::CacheAbsent,
             CheckEvent::SkippedDown,
             CheckEvent::NotSent,
+            CheckEvent::PassedOver,
         ]
         .into_iter()
         .chain(CheckOutcome::ALL.into_iter().map(CheckEvent::Answer))

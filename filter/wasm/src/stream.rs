@@ -4,8 +4,8 @@
 
 use crate::blob::{self, Answered, Forwarded};
 use crate::callout::{Answer, Callouts, Purpose};
-use crate::check::{self, Held, Outcome};
-use crate::check_registry::Then;
+use crate::check::{self, Asker, Held, Outcome};
+use crate::check_registry::{Steer, Then};
 use crate::host::{Delivered, Headers, Host};
 use crate::manifest::{self, AfterStore, Looked};
 use crate::store;
@@ -105,11 +105,19 @@ impl<H: Host> Stream<H> {
                 }
                 HostAction::Continue
             }
-            (RequestStep::Respond(redirect), Some(client), Some(check)) => {
-                self.check(Then::Redirect { redirect, fallbacks }, client, check)
+            (
+                RequestStep::Respond(redirect),
+                Some(
+                    client @ (ClientMatch::Backend { backend, .. }
+                    | ClientMatch::Default { backend, .. }),
+                ),
+                Some(check),
+            ) => {
+                let steer = Steer::Redirect { redirect, backend };
+                self.check(Then { steer, chain: fallbacks.into() }, client, check)
             }
             (step, Some(client), _) => {
-                let (next, forwarded) = blob::steer(&vm, step, client);
+                let (next, forwarded) = blob::steer(&vm, step, client, fallbacks);
                 if let Some(forwarded) = forwarded {
                     self.phase = Phase::Blob(forwarded);
                 }
@@ -179,7 +187,7 @@ impl<H: Host> Stream<H> {
         let answer = Answer::read(&vm.host, delivered);
         match (purpose, std::mem::take(&mut self.phase)) {
             (Purpose::Check, Phase::Check(mut held)) => {
-                held.answered(&vm, self.context_id, answer);
+                held.answered(&vm, self.context_id, &mut self.callouts, answer);
                 self.phase = Phase::Check(held);
             }
             (Purpose::Child(digest), phase) => {
@@ -245,8 +253,8 @@ impl<H: Host> Stream<H> {
     /// Holds the stream for `check`, or carries out `then` at once if its answer is cached.
     fn check(&mut self, then: Then, client: ClientMatch, check: CheckRequest) -> HostAction {
         let vm = Rc::clone(&self.vm);
-        let (next, outcome) =
-            check::start(&vm, self.context_id, &mut self.callouts, then, client, check);
+        let asker = Asker { context_id: self.context_id, callouts: Some(&mut self.callouts) };
+        let (next, outcome) = check::start(&vm, asker, then, client, check);
         self.phase = match outcome {
             Outcome::Done | Outcome::Passed(None) => Phase::Idle,
             Outcome::Held(held) => Phase::Check(held),

@@ -805,46 +805,135 @@ fn a_lease_asked_for_a_later_renewal_is_kept_whatever_the_stream_does_meanwhile(
     assert_eq!(json_body(&renew)["success"][0]["request_put"]["lease"], "10");
 }
 
+/// eu (checked) falls back to fra (checked) and then cdn (no cluster: holds every blob).
+const CHAIN: &str = r#", "cluster": "mirror_eu", "fallback": ["fra", "cdn"]},
+    {"name": "fra", "blob_url": "http://fra.example/b/{digest}", "cidrs": [], "cluster": "mirror_fra"},
+    {"name": "cdn", "blob_url": "http://cdn.example/b/{digest}", "cidrs": []"#;
+
+/// Where stream `id` was redirected to, and its decision header.
+fn redirected_to(vm: &Vm, id: u32) -> (String, String) {
+    let (status, headers) = vm.host.stream(id).local_reply.expect("redirected");
+    assert_eq!(status, 307, "stream {id}");
+    (headers[0].1.clone(), headers.get(1).map(|h| h.1.clone()).unwrap_or_default())
+}
+
 #[test]
-fn a_blob_the_mirror_lacks_goes_to_the_first_fallback_known_to_hold_it() {
-    // eu (checked) falls back to fra (checked) and then cdn (no cluster: holds every blob).
-    let chain = r#", "cluster": "mirror_eu", "fallback": ["fra", "cdn"]},
-        {"name": "fra", "blob_url": "http://fra.example/b/{digest}", "cidrs": [], "cluster": "mirror_fra"},
-        {"name": "cdn", "blob_url": "http://cdn.example/b/{digest}", "cidrs": []"#;
-    let mut vm = Vm::new(chain, r#", "decision_header": "x-d""#);
+fn a_blob_the_mirror_lacks_is_checked_on_each_fallback_in_turn() {
+    let mut vm = Vm::new(CHAIN, r#", "decision_header": "x-d""#);
     assert_eq!(vm.blob(1, "GET", EU), HostAction::Pause);
+    assert_eq!(vm.blob(2, "HEAD", EU), HostAction::Pause);
     vm.answer(vm.calls()[0].token, &[(":status", "404")], b"");
-    let (status, headers) = vm.host.stream(1).local_reply.expect("sent to a fallback");
-    assert_eq!(
-        (status, headers[0].1.as_str()),
-        (307, &*format!("http://cdn.example/b/{}", &BLOB[21..]))
-    );
-    assert!(headers[1].1.ends_with("; backend=eu; fallback=cdn"), "{:?}", headers[1]);
+    // eu lacks it: the sender asks fra, and the other stream waits for that answer too.
+    let calls = vm.calls();
+    assert_eq!(calls.len(), 2);
+    assert_eq!((calls[1].cluster.as_str(), calls[1].context_id), ("mirror_fra", 1));
+    assert_eq!(calls[1].header(":authority"), Some("fra.example"));
+    for id in [1, 2] {
+        assert_eq!(vm.host.stream(id).local_reply, None, "stream {id} still held");
+    }
+    vm.answer(calls[1].token, &[(":status", "404")], b"");
+    for id in [1, 2] {
+        let (location, described) = redirected_to(&vm, id);
+        assert_eq!(location, format!("http://cdn.example/b/{}", &BLOB[21..]));
+        assert!(described.ends_with("; backend=eu; fallback=cdn"), "{described}");
+        assert_eq!(vm.host.stream(id).resumed_requests, 0);
+    }
     moved(
         &vm,
         &[
-            ("check.sent", 1),
-            ("check.not_found", 1),
-            ("redirected", 1),
-            ("backend.cdn.redirected", 1),
+            ("check.sent", 2),
+            ("check.coalesced", 2),
+            ("check.not_found", 2),
+            ("redirected", 2),
+            ("backend.cdn.redirected", 2),
         ],
     );
-    // The local reply goes out with its own decision header, not "passed_mirror_missing".
+    // The local replies go out with their own decision header, not "passed_mirror_missing".
     assert_eq!(vm.response_headers(1, &[(":status", "307")]), HostAction::Continue);
     assert_eq!(vm.host.stream(1).response_header("x-d"), None);
-    // Once fra is known to hold the blob, it comes first (and eu's absence is cached).
-    let fra = blobsteer_core::existence::CheckRequest::new(
-        &Default::default(),
-        "mirror_fra",
-        "fra",
-        &format!("http://fra.example/b/{}", &BLOB[21..]),
-    )
-    .unwrap();
-    let entry = fra.entry(blobsteer_core::existence::Known::Present, &Default::default(), 1_000);
-    vm.host.state().shared.insert(fra.cache_key.clone(), entry);
-    assert_eq!(vm.blob(2, "GET", EU), HostAction::Pause);
-    let (_, headers) = vm.host.stream(2).local_reply.unwrap();
-    assert!(headers[0].1.starts_with("http://fra.example/"), "{headers:?}");
+    // Both absences are cached: the next request goes down the chain without a check.
+    assert_eq!(vm.blob(3, "GET", EU), HostAction::Pause);
+    assert!(redirected_to(&vm, 3).0.starts_with("http://cdn.example/"));
+    assert_eq!((vm.calls().len(), vm.host.counter("check.cache_absent")), (2, 2));
+    // Another blob that fra holds is sent there.
+    let other = nth_blob(7);
+    vm.request(4, &[(":method", "GET"), (":path", &other), ("x-forwarded-for", EU)]);
+    vm.answer(vm.calls()[2].token, &[(":status", "404")], b"");
+    vm.answer(vm.calls()[3].token, &[(":status", "200")], b"");
+    let (location, described) = redirected_to(&vm, 4);
+    assert_eq!(location, format!("http://fra.example/b/sha256:{:064x}", 7));
+    assert!(described.ends_with("; backend=eu; fallback=fra"), "{described}");
+    assert_eq!(vm.host.counter("backend.fra.redirected"), 1);
+}
+
+#[test]
+fn a_sender_that_ends_while_its_fallback_check_is_in_flight_releases_its_waiters() {
+    let mut vm = Vm::new(CHAIN, "");
+    vm.blob(1, "GET", EU);
+    vm.blob(2, "GET", EU);
+    vm.answer(vm.calls()[0].token, &[(":status", "404")], b"");
+    assert_eq!(vm.calls().len(), 2, "fra asked by stream 1");
+    vm.done(1);
+    // Stream 2 cannot ask anything itself (stream 1 is being called): it goes on to cdn.
+    assert!(redirected_to(&vm, 2).0.starts_with("http://cdn.example/"));
+    assert_eq!(vm.calls().len(), 2);
+}
+
+#[test]
+fn a_waiter_whose_next_check_is_not_in_flight_passes_over_that_backend() {
+    // fra's URL names the repository, eu's does not: two repositories' streams share eu's
+    // check, but each needs its own of fra.
+    let chain = CHAIN.replace("fra.example/b/{digest}", "fra.example/{repository}/{digest}");
+    let mut vm = Vm::new(&chain, "");
+    vm.blob(1, "GET", EU);
+    let other = BLOB.replace("/demo/hello/", "/demo/other/");
+    vm.request(2, &[(":method", "GET"), (":path", &other), ("x-forwarded-for", EU)]);
+    assert_eq!(vm.calls().len(), 1, "one check of eu for both");
+    vm.answer(vm.calls()[0].token, &[(":status", "404")], b"");
+    // Stream 1 asks fra for its repository; stream 2 passes over fra, to cdn.
+    assert_eq!(vm.calls().len(), 2);
+    assert_eq!(vm.calls()[1].header(":path"), Some(&*format!("/demo/hello/{}", &BLOB[21..])));
+    assert!(redirected_to(&vm, 2).0.starts_with("http://cdn.example/"));
+    assert_eq!(vm.host.counter("check.passed_over"), 1);
+    vm.answer(vm.calls()[1].token, &[(":status", "200")], b"");
+    assert!(redirected_to(&vm, 1).0.starts_with("http://fra.example/demo/hello/"));
+}
+
+#[test]
+fn the_clients_of_a_backend_that_is_down_go_straight_to_their_fallbacks_check() {
+    let health = r#", "existence_check": {"down_after_failures": 1}"#;
+    let mut vm = Vm::new(CHAIN, health);
+    vm.blob(1, "GET", EU);
+    vm.answer(vm.calls()[0].token, &[(":status", "503")], b"");
+    assert_eq!(vm.host.counter("backend.eu.down"), 1);
+    vm.answer(vm.calls()[1].token, &[(":status", "200")], b"");
+    assert!(redirected_to(&vm, 1).0.starts_with("http://fra.example/"));
+    // eu is down: another blob's first check is fra's.
+    let other = nth_blob(9);
+    vm.request(2, &[(":method", "GET"), (":path", &other), ("x-forwarded-for", EU)]);
+    assert_eq!((vm.calls().len(), vm.calls()[2].cluster.as_str()), (3, "mirror_fra"));
+    assert_eq!(vm.host.counter("check.skipped_down"), 1);
+}
+
+#[test]
+fn verify_upstream_steers_to_the_fallback_once_the_upstream_said_yes() {
+    let mut vm = Vm::new(CHAIN, r#", "blobs": {"mode": "verify_upstream"}"#);
+    vm.blob(1, "GET", EU);
+    assert_eq!(vm.response_headers(1, &[(":status", "200")]), HostAction::Pause);
+    vm.answer(vm.calls()[0].token, &[(":status", "404")], b"");
+    assert_eq!(vm.calls()[1].cluster, "mirror_fra");
+    assert_eq!(vm.response_body(1, b""), HostAction::Pause, "held until fra answers");
+    vm.answer(vm.calls()[1].token, &[(":status", "200")], b"");
+    let location = redirected_to(&vm, 1).0;
+    assert_eq!(location, format!("http://fra.example/b/{}", &BLOB[21..]));
+    assert_eq!(vm.host.counter("backend.fra.redirected"), 1);
+    // An upstream redirect has its Location rewritten to the fallback.
+    vm.blob(2, "GET", EU);
+    let moved = [(":status", "307"), ("location", "http://storage/x")];
+    assert_eq!(vm.response_headers(2, &moved), HostAction::Continue, "both answers cached");
+    let kept = vm.host.stream(2);
+    assert_eq!(kept.response_header("location"), Some(location));
+    assert_eq!(vm.host.counter("backend.fra.location_rewritten"), 1);
 }
 
 /// The path of a blob whose digest is `n` repeated.
