@@ -55,3 +55,15 @@ class SteeringTest(StackTestCase):
             if record.method == "HEAD"
         ]
         self.assertEqual(heads, [layer])
+
+
+class VerifyUpstreamSteeringTest(SteeringTest):
+    """The same with `blobs.mode: verify_upstream`: the registry says yes to each blob first,
+    then the client's chain is checked and the client steered (every blob GET the registry saw
+    went up as a HEAD, so it served none)."""
+
+    @classmethod
+    def options_for(cls, ports: stk.Ports) -> dict:
+        config = json.loads(super().options_for(ports)["filter_config_override"])
+        config["blobs"] = {**config.get("blobs", {}), "mode": "verify_upstream"}
+        return {"filter_config_override": json.dumps(config)}
