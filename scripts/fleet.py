@@ -122,15 +122,23 @@ class EtcdCluster:
         raise RuntimeError(f"no leader among {statuses}")
 
     def wait_writable(self, timeout: float = 30.0) -> None:
-        """Until a write through the running members succeeds: after a leader stops, `/health`
-        may still say yes while the others elect a new one, and writes fail meanwhile."""
-        endpoints = ",".join(f"{stk.LOOPBACK}:{m.client_port}" for m in self.members if m.alive())
-        argv = ["etcdctl", "--endpoints", endpoints, "--command-timeout", "1s", "put", "/blobsteer-probe", "x"]
+        """Until a write through the JSON gateway of every running member succeeds, as the
+        filter writes: after a leader stops, `/health` may still say yes while the others elect
+        a new one, and for a moment after, a member may still refuse writes (`leader changed`)
+        although another takes them."""
+        running = [m for m in self.members if m.alive()]
+        probe = json.dumps({"key": base64.b64encode(b"/blobsteer-probe").decode(), "value": "eA=="})
 
-        def written() -> bool:
-            return stk.run_command(argv, check=False, env={"ETCDCTL_API": "3"}).returncode == 0
+        def written(member: EtcdMember) -> bool:
+            try:
+                status, _, _ = stk.http_request(
+                    member.client_port, "/v3/kv/put", "POST", timeout=1.0, body=probe.encode()
+                )
+            except OSError:
+                return False
+            return status == 200
 
-        stk.wait_for(written, "a write to etcd to succeed", timeout)
+        stk.wait_for(lambda: all(written(m) for m in running), "a write through every etcd member to succeed", timeout)
 
     def stop(self) -> None:
         for member in self.members:

@@ -62,12 +62,13 @@ class FleetTest(StackTestCase):
 
     def assert_rewrites_resolve_across_replicas(self) -> None:
         by_a, by_b = self.pull()
+        a, b = self.replica_counters()
         tags = [r["decision"].split(";")[0] for r in by_a if r["path"] == TAG_PATH]
-        self.assertTrue(tags and set(tags) == {"manifest_rewritten"}, tags)
+        store_a = {k: v for k, v in a.items() if k.startswith("store.") and v}
+        self.assertTrue(tags and set(tags) == {"manifest_rewritten"}, (tags, store_a))
         by_digest = [r for r in by_b if "/manifests/sha256:" in r["path"]]
         self.assertGreaterEqual(len(by_digest), 2, "the index and the platform's manifest")
         self.assertEqual({r["decision"].split(";")[0] for r in by_digest}, {"manifest_served_by_digest"})
-        a, b = self.replica_counters()
         self.assertEqual((a.get("store.written"), a.get("manifest_rewritten", 0) >= 1), (len(tags), True))
         # B read the index's record from etcd; serving it taught B its children's.
         self.assertEqual((b.get("store.hit"), b.get("store.miss")), (1, 0))

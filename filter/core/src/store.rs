@@ -106,11 +106,13 @@ pub enum StoreEvent {
     Timeout,
     /// etcd could not be reached or asked, refused, or answered out of shape.
     Failed,
+    /// A call answered 503 was sent once more ([`StoreEvent::is_retried`]).
+    Retried,
 }
 
 impl StoreEvent {
     /// Every event, for defining stats up front.
-    pub const ALL: [StoreEvent; 8] = [
+    pub const ALL: [StoreEvent; 9] = [
         StoreEvent::Written,
         StoreEvent::Renewed,
         StoreEvent::LeaseGranted,
@@ -119,6 +121,7 @@ impl StoreEvent {
         StoreEvent::Conflict,
         StoreEvent::Timeout,
         StoreEvent::Failed,
+        StoreEvent::Retried,
     ];
 
     /// The stat name: `blobsteer.store.<name>`.
@@ -132,7 +135,17 @@ impl StoreEvent {
             StoreEvent::Conflict => "conflict",
             StoreEvent::Timeout => "timeout",
             StoreEvent::Failed => "failed",
+            StoreEvent::Retried => "retried",
         }
+    }
+
+    /// Whether a call that got this answer is sent once more (only its first attempt is). A
+    /// 503 is Envoy's answer when the member it chose cannot be reached (one just stopped:
+    /// Envoy's workers may still pick it for a moment after its health check failed) and
+    /// etcd's when a member is briefly without a leader; asked again, the call goes to another
+    /// member. A timeout is not sent again (it would double the wait), nor anything else.
+    pub fn is_retried(status: Option<u16>) -> bool {
+        status == Some(503)
     }
 
     /// The failure an answer with this status is (`None`: no answer): `None` for a 200.
@@ -441,6 +454,14 @@ mod tests {
             read_lease(br#"{"header":{},"ID":"7587869735384096540","TTL":"400"}"#, 9),
             Ok(Lease { id: 7_587_869_735_384_096_540, granted_s: 9 })
         );
+    }
+
+    #[test]
+    fn only_a_503_is_asked_again() {
+        assert!(StoreEvent::is_retried(Some(503)));
+        for status in [None, Some(200), Some(500), Some(504), Some(404)] {
+            assert!(!StoreEvent::is_retried(status), "{status:?}");
+        }
     }
 
     #[test]

@@ -7,6 +7,7 @@
 //! be read, and the answer is a failed callout.
 
 use crate::host::{Delivered, Host};
+use blobsteer_core::store::StoreCall;
 use std::collections::HashMap;
 
 /// What a callout is for.
@@ -26,26 +27,41 @@ pub enum Purpose {
     StoreRenew,
 }
 
+/// A callout that has not answered.
+#[derive(Debug)]
+pub struct Awaited {
+    /// What it is for.
+    pub purpose: Purpose,
+    /// A store call on its first attempt: what to send again if it fails in a way worth one
+    /// more attempt (`blobsteer_core::store::StoreEvent::is_retried`).
+    pub resend: Option<StoreCall>,
+}
+
 /// The callouts of one stream that have not answered.
 #[derive(Debug, Default)]
 pub struct Callouts {
-    pending: HashMap<u32, Purpose>,
+    pending: HashMap<u32, Awaited>,
 }
 
 impl Callouts {
     /// Records a dispatched callout.
     pub fn record(&mut self, token: u32, purpose: Purpose) {
-        self.pending.insert(token, purpose);
+        self.pending.insert(token, Awaited { purpose, resend: None });
     }
 
-    /// What the answered callout was for, if it is one of ours still awaited.
-    pub fn take(&mut self, token: u32) -> Option<Purpose> {
+    /// Records a dispatched store call that may be sent once more.
+    pub fn record_resendable(&mut self, token: u32, purpose: Purpose, call: StoreCall) {
+        self.pending.insert(token, Awaited { purpose, resend: Some(call) });
+    }
+
+    /// The answered callout, if it is one of ours still awaited.
+    pub fn take(&mut self, token: u32) -> Option<Awaited> {
         self.pending.remove(&token)
     }
 
     /// How many awaited callouts are of a kind.
     pub fn count(&self, kind: impl Fn(&Purpose) -> bool) -> usize {
-        self.pending.values().filter(|p| kind(p)).count()
+        self.pending.values().filter(|a| kind(&a.purpose)).count()
     }
 }
 

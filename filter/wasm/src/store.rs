@@ -11,8 +11,9 @@ use blobsteer_core::store::{
 };
 use std::time::Duration;
 
-/// Sends `call`, recorded with `purpose`; false (counted, logged once per VM) if the host
-/// refuses it, as when the cluster is not defined.
+/// Sends `call`, recorded with `purpose` (and, to send it once more if it answers 503, the call
+/// itself); false (counted, logged once per VM) if the host refuses it, as when the cluster is
+/// not defined.
 pub fn send<H: Host>(
     vm: &Vm<H>,
     settings: &StoreSettings,
@@ -20,6 +21,37 @@ pub fn send<H: Host>(
     call: &StoreCall,
     purpose: Purpose,
 ) -> bool {
+    match dispatch(vm, settings, call) {
+        Some(token) => {
+            callouts.record_resendable(token, purpose, call.clone());
+            true
+        }
+        None => false,
+    }
+}
+
+/// Sends a call once more after an answer that [`StoreEvent::is_retried`] (the second and last
+/// attempt), counted; false if there is no store or the host refuses it.
+pub fn resend<H: Host>(
+    vm: &Vm<H>,
+    callouts: &mut Callouts,
+    call: &StoreCall,
+    purpose: Purpose,
+) -> bool {
+    let Some(settings) = vm.config.manifests.store.as_ref() else {
+        return false;
+    };
+    let Some(token) = dispatch(vm, settings, call) else {
+        return false;
+    };
+    vm.metrics.count_store(&vm.host, StoreEvent::Retried);
+    callouts.record(token, purpose);
+    true
+}
+
+/// Dispatches `call` through the store's cluster: its token, or `None` (counted, logged once
+/// per VM) if the host refuses.
+fn dispatch<H: Host>(vm: &Vm<H>, settings: &StoreSettings, call: &StoreCall) -> Option<u32> {
     let headers = [
         (":method", "POST"),
         (":path", call.path),
@@ -29,10 +61,7 @@ pub fn send<H: Host>(
     ];
     let timeout = Duration::from_millis(u64::from(settings.timeout_ms));
     match vm.host.dispatch(&settings.cluster, &headers, Some(call.body.as_bytes()), timeout) {
-        Ok(token) => {
-            callouts.record(token, purpose);
-            true
-        }
+        Ok(token) => Some(token),
         Err(refused) => {
             if vm.checks.borrow_mut().first_failure(&settings.cluster) {
                 log::error!(
@@ -42,7 +71,7 @@ pub fn send<H: Host>(
                 );
             }
             vm.metrics.count_store(&vm.host, StoreEvent::Failed);
-            false
+            None
         }
     }
 }

@@ -3,7 +3,7 @@
 //! come in through the methods here; callout answers are routed by token.
 
 use crate::blob::{self, Answered, Forwarded};
-use crate::callout::{Answer, Callouts, Purpose};
+use crate::callout::{Answer, Awaited, Callouts, Purpose};
 use crate::check::{self, Asker, Held, Outcome};
 use crate::check_registry::{Steer, Then};
 use crate::host::{Delivered, Headers, Host};
@@ -12,6 +12,7 @@ use crate::store;
 use crate::vm::Vm;
 use blobsteer_core::decision::{decide_route, route};
 use blobsteer_core::existence::CheckRequest;
+use blobsteer_core::store::StoreEvent;
 use blobsteer_core::{Action, ClientMatch, Decision, Request, RequestStep};
 use proxy_wasm::types::Action as HostAction;
 use std::borrow::Cow;
@@ -179,12 +180,18 @@ impl<H: Host> Stream<H> {
 
     /// A callout of this stream answered (or failed): routed by its token alone.
     pub fn on_call_answer(&mut self, token: u32, delivered: Delivered) {
-        let Some(purpose) = self.callouts.take(token) else {
+        let Some(Awaited { purpose, resend }) = self.callouts.take(token) else {
             log::debug!("answer to a callout that is not awaited (token {token}): ignored");
             return;
         };
         let vm = Rc::clone(&self.vm);
         let answer = Answer::read(&vm.host, delivered);
+        // A store call's first attempt that another member may answer: the phase waits on.
+        if let Some(call) = resend.filter(|_| StoreEvent::is_retried(answer.status())) {
+            if store::resend(&vm, &mut self.callouts, &call, purpose.clone()) {
+                return;
+            }
+        }
         match (purpose, std::mem::take(&mut self.phase)) {
             (Purpose::Check, Phase::Check(mut held)) => {
                 held.answered(&vm, self.context_id, &mut self.callouts, answer);

@@ -665,7 +665,7 @@ fn a_rewrite_the_store_cannot_take_goes_out_as_it_came() {
         (&[(":status", "504")], b"", "store.timeout"),
         (&[], b"", "store.timeout"),
         (&[(":status", "200")], b"<html>", "store.failed"),
-        (&[(":status", "503")], b"", "store.failed"),
+        (&[(":status", "500")], b"", "store.failed"),
     ];
     for (headers, body, counted) in answers {
         let mut vm = with_store();
@@ -699,6 +699,50 @@ fn a_rewrite_the_store_cannot_take_goes_out_as_it_came() {
     vm.answer(vm.calls()[1].token, &[(":status", "200")], conflict.as_bytes());
     assert_eq!(vm.host.counter("store.conflict"), 1);
     assert_eq!(vm.host.stream(1).body, CHILDREN[0].1);
+}
+
+#[test]
+fn a_store_call_answered_503_is_sent_once_more() {
+    // The write's first attempt reaches a member that just stopped; the second, another one.
+    let mut vm = with_store();
+    image_held(&mut vm, 1);
+    vm.answer(vm.calls()[0].token, &[(":status", "200")], br#"{"ID":"5"}"#);
+    let first = vm.calls()[1].clone();
+    vm.answer(first.token, &[(":status", "503")], b"upstream connect error");
+    let calls = vm.calls();
+    assert_eq!(calls.len(), 3, "sent again");
+    assert_eq!((calls[2].header(":path"), &calls[2].body), (first.header(":path"), &first.body));
+    assert_eq!(vm.host.stream(1).resumed_responses, 0, "still held for the store");
+    vm.answer(calls[2].token, &[(":status", "200")], br#"{"succeeded":true}"#);
+    let stream = vm.host.stream(1);
+    assert_eq!(stream.resumed_responses, 1);
+    assert!(stream.response_header("docker-content-digest").is_some(), "the rewrite");
+    moved(
+        &vm,
+        &[
+            ("manifest_rewritten", 1),
+            ("backend.eu.manifest_rewritten", 1),
+            ("store.lease_granted", 1),
+            ("store.retried", 1),
+            ("store.written", 1),
+        ],
+    );
+    // Once only: a second 503 is a failure, and the original goes out.
+    let mut vm = with_store();
+    image_held(&mut vm, 1);
+    vm.answer(vm.calls()[0].token, &[(":status", "503")], b"");
+    vm.answer(vm.calls()[1].token, &[(":status", "503")], b"");
+    assert_eq!(vm.calls().len(), 2);
+    assert_eq!(vm.host.stream(1).body, CHILDREN[0].1, "the original");
+    assert_eq!((vm.host.counter("store.retried"), vm.host.counter("store.failed")), (1, 1));
+    // A lookup likewise: asked again, found.
+    let mut vm = with_store();
+    let path = format!("/v2/demo/hello/manifests/sha256:{}", "e".repeat(64));
+    assert_eq!(vm.request(1, &[(":method", "GET"), (":path", &path)]), HostAction::Pause);
+    vm.answer(vm.calls()[0].token, &[(":status", "503")], b"");
+    assert_eq!(vm.calls()[1].header(":path"), Some("/v3/kv/range"));
+    vm.answer(vm.calls()[1].token, &[(":status", "200")], br#"{"kvs":[]}"#);
+    assert_eq!(vm.host.counter("store.miss"), 1);
 }
 
 #[test]
