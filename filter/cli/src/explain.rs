@@ -114,8 +114,8 @@ fn describe(config: &Config, request: &Request<'_>, xff: Option<&str>) -> Value 
         // Where the client goes, in order, if its (checked) backend lacks the blob or is down:
         // each in turn, used at once without a cluster, else checked; after them, the registry.
         "fallback": fallbacks
-            .iter()
-            .filter_map(|f| config.backends().get(f.backend))
+            .backends()
+            .filter_map(|b| config.backends().get(b))
             .map(|b| b.name.as_str())
             .collect::<Vec<_>>(),
         "prefix": client.prefix().map(|p| p.to_string()),

@@ -313,3 +313,35 @@ fn config_from_json_full(bencher: divan::Bencher) {
     let json = full_config_json().unwrap();
     bencher.bench_local(|| Config::from_json(black_box(json.as_bytes())).unwrap());
 }
+
+/// A blob decision for a client whose backend is checked, with a fallback chain of `len`
+/// checked backends: the chain's URLs and checks are built with every such decision, used or
+/// not (the cost a chain adds to each request; `0` is the same backend without one).
+#[divan::bench(args = [0, 4], sample_size = 256)]
+fn decide_checked_blob_request(bencher: divan::Bencher, len: usize) {
+    let chain: Vec<String> = (0..len).map(|i| format!("\"fb{i}\"")).collect();
+    let fallbacks: String = (0..4)
+        .map(|i| {
+            format!(
+                r#", {{"name": "fb{i}", "blob_url": "https://fb{i}.example/{{repository}}/{{digest}}", "cidrs": [], "cluster": "m{i}"}}"#
+            )
+        })
+        .collect();
+    let json = format!(
+        r#"{{"backends": [{{"name": "eu", "blob_url": "https://eu.example/{{digest}}",
+            "cidrs": ["15.236.0.0/15"], "cluster": "m_eu", "fallback": [{}]}}{fallbacks}]}}"#,
+        chain.join(", ")
+    );
+    let config = Config::from_json(json.as_bytes()).unwrap();
+    let path = "/v2/demo/hello/blobs/sha256:d0852262d08fb507d7786cc9a96e1646d59476e1d849fefc8a0cc097b19a7e90";
+    let request = Request {
+        method: "GET",
+        path,
+        forwarded_for: &["15.236.10.20"],
+        source_address: None,
+        user_agent: None,
+        has_body: false,
+    };
+    assert_eq!(decide_request(&config, &request).fallbacks.backends().count(), len);
+    bencher.bench_local(|| decide_request(&config, black_box(&request)));
+}

@@ -289,7 +289,7 @@ pub struct Decision {
     pub check: Option<CheckRequest>,
     /// For a checked backend (either blob mode): where the client goes, in order, if its
     /// backend lacks the blob or is down (its `fallback` chain); after them, the registry.
-    pub fallbacks: Vec<Fallback>,
+    pub fallbacks: FallbackChain,
 }
 
 /// A backend of a client's fallback chain, for one blob.
@@ -302,6 +302,48 @@ pub struct Fallback {
     /// Its existence check, if it has a `cluster` (without one it is assumed to hold every
     /// blob): it is used only once its check (or the cache) says the blob is there.
     pub check: Option<CheckRequest>,
+}
+
+/// A client's fallback chain for one blob, walked in order while the backends reached lack the
+/// blob or are down. Each backend's redirect and check are made only when it is reached: most
+/// requests never need them.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct FallbackChain {
+    /// The backends not reached yet, in order (indices into [`Config::backends`]).
+    rest: Vec<usize>,
+    /// The repository asked for.
+    repository: String,
+    /// The digest asked for, as the request gave it (already parsed once).
+    digest: String,
+}
+
+impl FallbackChain {
+    /// The chain of `backend` for a blob.
+    fn of(backend: &Backend, repository: &str, digest: Digest<'_>) -> Self {
+        if backend.fallback.is_empty() {
+            return FallbackChain::default();
+        }
+        let mut rest = backend.fallback.clone();
+        rest.reverse();
+        FallbackChain { rest, repository: repository.to_string(), digest: digest.to_string() }
+    }
+
+    /// The backends not reached yet, in order.
+    pub fn backends(&self) -> impl Iterator<Item = usize> + '_ {
+        self.rest.iter().rev().copied()
+    }
+
+    /// The next backend of the chain, with its redirect and check for this blob (`None` at the
+    /// end). `config` is the one the chain was decided with.
+    pub fn next(&mut self, config: &Config) -> Option<Fallback> {
+        let index = self.rest.pop()?;
+        let backend = config.backends().get(index)?;
+        let digest = Digest::parse(&self.digest).ok()?;
+        let location = backend.blob_url.render(&self.repository, digest);
+        let check = blob_check(config, backend, &location);
+        let redirect = Redirect { status: config.blobs.redirect_status, location };
+        Some(Fallback { backend: index, redirect, check })
+    }
 }
 
 /// How to judge the upstream's answer to a blob request forwarded in `verify_upstream` mode.
@@ -512,7 +554,7 @@ pub fn decide_route(config: &Config, route: Route<'_>, request: &Request<'_>) ->
         client: None,
         step: RequestStep::Pass(action),
         check: None,
-        fallbacks: Vec::new(),
+        fallbacks: FallbackChain::default(),
     };
     let is_head = match (route, request.method) {
         (Route::Pass(action), _) => return pass(action),
@@ -536,7 +578,7 @@ pub fn decide_route(config: &Config, route: Route<'_>, request: &Request<'_>) ->
     }
     let client = classify_client(config, request.forwarded_for, request.source_address);
     let mut check = None;
-    let mut fallbacks = Vec::new();
+    let mut fallbacks = FallbackChain::default();
     let step = match client {
         ClientMatch::NoClientIp => RequestStep::Pass(Action::PassedNoClientIp),
         ClientMatch::Unmapped { .. } => RequestStep::Pass(Action::PassedNoBackend),
@@ -548,7 +590,7 @@ pub fn decide_route(config: &Config, route: Route<'_>, request: &Request<'_>) ->
                     let location = b.blob_url.render(repository, digest);
                     let backend_check = blob_check(config, b, &location);
                     if backend_check.is_some() {
-                        fallbacks = fallbacks_of(config, b, repository, digest);
+                        fallbacks = FallbackChain::of(b, repository, digest);
                     }
                     match config.blobs.mode {
                         BlobMode::VerifyUpstream => RequestStep::Forward(ResponsePlan {
@@ -571,26 +613,6 @@ pub fn decide_route(config: &Config, route: Route<'_>, request: &Request<'_>) ->
         }
     };
     Decision { client: Some(client), step, check, fallbacks }
-}
-
-/// The fallback chain of `backend` for one blob.
-fn fallbacks_of(
-    config: &Config,
-    backend: &Backend,
-    repository: &str,
-    digest: Digest<'_>,
-) -> Vec<Fallback> {
-    let status = config.blobs.redirect_status;
-    backend
-        .fallback
-        .iter()
-        .filter_map(|&index| {
-            let next = config.backends().get(index)?;
-            let location = next.blob_url.render(repository, digest);
-            let check = blob_check(config, next, &location);
-            Some(Fallback { backend: index, redirect: Redirect { status, location }, check })
-        })
-        .collect()
 }
 
 /// The existence check that must say "present" before anyone is sent to `backend` for the blob
@@ -619,11 +641,11 @@ fn decide_manifest(
             is_head,
         };
         let step = RequestStep::LookupRewritten(lookup);
-        return Decision { client: None, step, check: None, fallbacks: Vec::new() };
+        return Decision { client: None, step, check: None, fallbacks: FallbackChain::default() };
     }
     if !config.manifests.rewrites_for(request.user_agent) {
         let step = RequestStep::LeaveManifest(Untouched::UserAgent);
-        return Decision { client: None, step, check: None, fallbacks: Vec::new() };
+        return Decision { client: None, step, check: None, fallbacks: FallbackChain::default() };
     }
     let client = classify_client(config, request.forwarded_for, request.source_address);
     let step = match client {
@@ -640,7 +662,7 @@ fn decide_manifest(
             expect_digest: None,
         }),
     };
-    Decision { client: Some(client), step, check: None, fallbacks: Vec::new() }
+    Decision { client: Some(client), step, check: None, fallbacks: FallbackChain::default() }
 }
 
 /// The value of the optional decision header: `<action>; client=<ip>; prefix=<cidr>; backend=<name>`.
@@ -912,35 +934,41 @@ mod tests {
         for mode in ["redirect", "verify_upstream"] {
             let c = Config::from_json(json(mode).as_bytes()).unwrap();
             let d = decide_request(&c, &request("GET", BLOB, &["15.236.10.20"]));
-            let chain: Vec<_> = d.fallbacks.iter().map(|f| f.backend).collect();
-            assert_eq!(chain, [1, 2], "{mode}");
+            assert_eq!(d.fallbacks.backends().collect::<Vec<_>>(), [1, 2], "{mode}");
+            let mut chain = d.fallbacks.clone();
+            let fallbacks: Vec<Fallback> = std::iter::from_fn(|| chain.next(&c)).collect();
+            assert_eq!(fallbacks.iter().map(|f| f.backend).collect::<Vec<_>>(), [1, 2]);
+            assert_eq!(chain.backends().count(), 0, "walked");
             assert_eq!(
-                d.fallbacks[0].redirect.location,
+                fallbacks[0].redirect.location,
                 format!("https://fra/demo/hello/{}", &BLOB[21..])
             );
-            assert_eq!(d.fallbacks[0].check.as_ref().map(|c| c.cluster.as_str()), Some("m_fra"));
-            assert_eq!(d.fallbacks[1].check, None, "no cluster: assumed to hold every blob");
+            assert_eq!(fallbacks[0].check.as_ref().map(|c| c.cluster.as_str()), Some("m_fra"));
+            assert_eq!(fallbacks[1].check, None, "no cluster: assumed to hold every blob");
         }
         // verify_upstream: the same steering, towards the fallback.
         let c = Config::from_json(json("verify_upstream").as_bytes()).unwrap();
         let d = decide_request(&c, &request("GET", BLOB, &["15.236.10.20"]));
+        let mut chain = d.fallbacks.clone();
+        let cdn = chain.next(&c).and_then(|_| chain.next(&c)).unwrap();
         let RequestStep::Forward(plan) = d.step else { panic!("{d:?}") };
         for (status, action) in [(200, Action::Redirected), (307, Action::LocationRewritten)] {
             let Verdict::Checked { present, .. } = plan.clone().judge(status) else { panic!() };
-            let towards = present.towards(&d.fallbacks[1]);
+            let towards = present.towards(&cdn);
             assert_eq!((towards.action, towards.backend), (action, 2));
             let location = match towards.step {
                 ResponseStep::Respond(r) => r.location,
                 ResponseStep::RewriteLocation(l) => l,
                 ResponseStep::Pass => panic!("{status}"),
             };
-            assert_eq!(location, d.fallbacks[1].redirect.location);
+            assert_eq!(location, cdn.redirect.location);
         }
         // A backend without a cluster is never checked, so it has no chain to go down.
         let c =
             Config::from_json(json("redirect").replace(r#""cluster": "m_eu", "#, "").as_bytes())
                 .unwrap();
-        assert!(decide_request(&c, &request("GET", BLOB, &["15.236.10.20"])).fallbacks.is_empty());
+        let d = decide_request(&c, &request("GET", BLOB, &["15.236.10.20"]));
+        assert_eq!(d.fallbacks, FallbackChain::default());
     }
 
     #[test]

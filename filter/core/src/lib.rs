@@ -23,6 +23,6 @@ pub mod url_template;
 
 pub use config::{Backend, BlobMode, Config, ConfigError, ConfigErrors, Target};
 pub use decision::{
-    Action, ClientMatch, Decision, DigestLookup, Fallback, ManifestPlan, Redirect, Request,
-    RequestStep, ResponseDecision, ResponsePlan, ResponseStep, Route, Verdict,
+    Action, ClientMatch, Decision, DigestLookup, Fallback, FallbackChain, ManifestPlan, Redirect,
+    Request, RequestStep, ResponseDecision, ResponsePlan, ResponseStep, Route, Verdict,
 };

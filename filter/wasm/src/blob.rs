@@ -6,7 +6,7 @@ use crate::host::Host;
 use crate::vm::Vm;
 use blobsteer_core::existence::CheckRequest;
 use blobsteer_core::{
-    Action, ClientMatch, Fallback, Redirect, RequestStep, ResponseDecision, ResponsePlan,
+    Action, ClientMatch, FallbackChain, Redirect, RequestStep, ResponseDecision, ResponsePlan,
     ResponseStep, Verdict,
 };
 use proxy_wasm::types::Action as HostAction;
@@ -17,7 +17,7 @@ pub struct Forwarded {
     plan: ResponsePlan,
     client: ClientMatch,
     /// The client's fallback chain, for a checked backend.
-    fallbacks: Vec<Fallback>,
+    fallbacks: FallbackChain,
 }
 
 /// What the upstream's answer to a forwarded request leads to in the stream.
@@ -44,7 +44,7 @@ pub fn steer<H: Host>(
     vm: &Vm<H>,
     step: RequestStep,
     client: ClientMatch,
-    fallbacks: Vec<Fallback>,
+    fallbacks: FallbackChain,
 ) -> (HostAction, Option<Forwarded>) {
     match step {
         RequestStep::Respond(redirect) => {
@@ -141,7 +141,7 @@ impl Forwarded {
                 check,
                 then: Then {
                     steer: Steer::Judge(Box::new(Judged { present, absent })),
-                    chain: fallbacks.into(),
+                    chain: fallbacks,
                 },
                 client,
             },

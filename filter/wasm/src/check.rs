@@ -162,7 +162,7 @@ fn settle<H: Host>(
         return (steer(vm, &then.steer, &client), Outcome::Done);
     }
     let mut then = then;
-    match then.advance() {
+    match then.advance(&vm.config) {
         Next::Check(check) => start(vm, asker, then, client, check),
         Next::Unchecked => (steer(vm, &then.steer, &client), Outcome::Done),
         Next::End => match then.steer {

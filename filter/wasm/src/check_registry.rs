@@ -3,8 +3,8 @@
 //! Only `check` changes it, through these methods.
 
 use blobsteer_core::existence::{CheckRequest, Known};
-use blobsteer_core::{ClientMatch, Fallback, Redirect, ResponseDecision};
-use std::collections::{HashMap, HashSet, VecDeque};
+use blobsteer_core::{ClientMatch, Config, FallbackChain, Redirect, ResponseDecision};
+use std::collections::{HashMap, HashSet};
 
 /// What a stream held for a check does with its answer: steer the client to the backend
 /// checked, or, if that one lacks the blob or is down, move on along the rest of its chain.
@@ -13,7 +13,7 @@ pub struct Then {
     /// What to do once the backend checked is known to hold the blob.
     pub steer: Steer,
     /// The rest of the client's fallback chain, in order; after it, `steer`'s upstream answer.
-    pub chain: VecDeque<Fallback>,
+    pub chain: FallbackChain,
 }
 
 /// The steering a held stream does, in the phase it is held in.
@@ -46,9 +46,10 @@ impl Then {
         matches!(self.steer, Steer::Judge(_))
     }
 
-    /// Moves on to the next backend of the chain, which the stream now steers to.
-    pub fn advance(&mut self) -> Next {
-        let Some(next) = self.chain.pop_front() else {
+    /// Moves on to the next backend of the chain, which the stream now steers to (`config`
+    /// is the VM's, which the chain was decided with).
+    pub fn advance(&mut self, config: &Config) -> Next {
+        let Some(next) = self.chain.next(config) else {
             return Next::End;
         };
         match &mut self.steer {

@@ -115,7 +115,7 @@ impl<H: Host> Stream<H> {
                 Some(check),
             ) => {
                 let steer = Steer::Redirect { redirect, backend };
-                self.check(Then { steer, chain: fallbacks.into() }, client, check)
+                self.check(Then { steer, chain: fallbacks }, client, check)
             }
             (step, Some(client), _) => {
                 let (next, forwarded) = blob::steer(&vm, step, client, fallbacks);
