@@ -18,7 +18,9 @@
 //! - `ResponsePlan::judge(status)` for every status 100..=599 never panics and follows the
 //!   documented table (200 and 206 redirect, a redirect status rewrites `Location`, the rest
 //!   passes without a check); with a check, the mirror's "absent" keeps the upstream's answer
-//!   except for a GET's yes, sent back to its own blob path marked for the registry.
+//!   except for a GET's yes, sent back to its own blob path marked for the registry;
+//! - a checked backend's fallback chain walks its `fallback` backends in order, each with a
+//!   safe location of that backend and a check exactly when it has a cluster.
 
 #![no_main]
 
@@ -37,7 +39,8 @@ use std::sync::LazyLock;
 const BACKENDS: &str = r#"
     "backends": [
         {"name": "aws-eu-west-3", "blob_url": "https://eu.mirror.example/containers/images/{digest}",
-         "cidrs": ["15.236.0.0/15", "2a05:d012::/36", "0.0.0.0/1"], "cluster": "mirror_eu"},
+         "cidrs": ["15.236.0.0/15", "2a05:d012::/36", "0.0.0.0/1"], "cluster": "mirror_eu",
+         "fallback": ["gcp-europe-north1", "aws-ap-northeast-1"]},
         {"name": "aws-ap-northeast-1", "blob_url": "http://ap.mirror.example:8080/{repository}/{algorithm}/{encoded}/{digest}",
          "cidrs": ["15.193.1.0/24", "2000::/3"]},
         {"name": "gcp-europe-north1", "blob_url": "https://storage.example/bucket-europe-north1/{repository}/blobs/{digest}",
@@ -142,6 +145,28 @@ fn check(config: &Config, request: &Request<'_>, decision: &Decision) {
         (None, None) => {}
         (cluster, check) => panic!("cluster {cluster:?} but check {check:?}"),
     }
+
+    // A checked backend's chain, walked: its `fallback` backends in order, each steered to
+    // safely, with a check exactly when it has a cluster.
+    let mut chain = decision.fallbacks.clone();
+    let walked: Vec<usize> = std::iter::from_fn(|| chain.next(config))
+        .map(|fallback| {
+            let next = &config.backends()[fallback.backend];
+            let location = &fallback.redirect.location;
+            assert_eq!(fallback.redirect.status, config.blobs.redirect_status);
+            assert!(location.starts_with(url_prefix(next.blob_url.as_str())), "{location:?}");
+            assert!(location.contains(digest.encoded()), "{location:?} lacks {digest}");
+            assert_safe_location(location, next.blob_url.as_str());
+            match (&next.cluster, &fallback.check) {
+                (Some(cluster), Some(check)) => check_existence(config, cluster, location, check),
+                (None, None) => {}
+                (cluster, check) => panic!("fallback cluster {cluster:?} but check {check:?}"),
+            }
+            fallback.backend
+        })
+        .collect();
+    let want = if check.is_some() { backend.fallback.clone() } else { Vec::new() };
+    assert_eq!(walked, want);
 }
 
 fn check_plan(config: &Config, request: &Request<'_>, plan: &ResponsePlan) {
