@@ -60,9 +60,16 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-import table as tb  # scripts/bench/table.py: configs, request mix, wrk, machine, helpers
+SCRIPTS_DIR = Path(__file__).resolve().parents[1]
+if str(SCRIPTS_DIR) not in sys.path:
+    sys.path.insert(0, str(SCRIPTS_DIR))
 
-stk = tb.stk
+import stack as stk  # noqa: E402
+from benchlib.common import BenchError, log, machine_info, median, prepare_run_dir, ratio  # noqa: E402
+from benchlib.configs import BlobRequest, FilterConfig, blob_requests, table_with_options  # noqa: E402
+from benchlib.readings import stats, thread_cpu_ms  # noqa: E402
+from benchlib.wrk import parse_wrk, wrk_script  # noqa: E402
+
 REPO_ROOT = stk.REPO_ROOT
 ENVOY_TEMPLATE = stk.ENVOY_DIR / "compare.yaml.in"
 LUA_TEMPLATE = stk.ENVOY_DIR / "bench-steer.lua.in"
@@ -185,7 +192,7 @@ class Scenario:
         ]
 
 
-def scenarios(blobs: Sequence[tb.BlobRequest], content: Content) -> dict[str, Scenario]:
+def scenarios(blobs: Sequence[BlobRequest], content: Content) -> dict[str, Scenario]:
     """The four scenarios; `blobs` are requests whose client both tables map."""
     mapped = tuple(r.xff for r in blobs)
     return {
@@ -218,7 +225,7 @@ def free_ports(count: int) -> list[int]:
         ports = list(range(base, base + count))
         if all(map(stk.port_is_free, ports)):
             return ports
-    raise tb.BenchError(f"no {count} free consecutive ports found below the ephemeral range")
+    raise BenchError(f"no {count} free consecutive ports found below the ephemeral range")
 
 
 def pinned(cpu: int, argv: list[str]) -> list[str]:
@@ -308,7 +315,7 @@ def nginx_location(template: str) -> str:
 EMPTY = '""'  # nginx's empty string: a non-routable prefix names no backend
 
 
-def nginx_geo_http_block(config: tb.FilterConfig, port: int, upstream_port: int) -> str:
+def nginx_geo_http_block(config: FilterConfig, port: int, upstream_port: int) -> str:
     """nginx doing blobsteer's blob redirect from the same table: a `geo` map of the client
     (the last x-forwarded-for address, as blobsteer with 0 trusted hops: `proxy` trusts the
     benchmark's loopback connections) to its backend, `return 307` to the backend's blob URL;
@@ -347,7 +354,7 @@ def nginx_geo_http_block(config: tb.FilterConfig, port: int, upstream_port: int)
     )
 
 
-def lua_source(config: tb.FilterConfig) -> str:
+def lua_source(config: FilterConfig) -> str:
     """envoy/bench-steer.lua.in rendered with `config`'s table and templates."""
     names = sorted(config.blob_urls)
     index = {name: i + 1 for i, name in enumerate(names)}
@@ -359,7 +366,7 @@ def lua_source(config: tb.FilterConfig) -> str:
                 data.append(f"4 {length} {network >> (32 - length)} {value}")
             else:
                 if length == 0:
-                    raise tb.BenchError("::/0 cannot be written in the Lua filter's data")
+                    raise BenchError("::/0 cannot be written in the Lua filter's data")
                 data.append(f"6 {length} {format(network, '0128b')[:length]} {value}")
     templates = "\n".join(f"  [{index[n]}] = {json.dumps(config.blob_urls[n])}," for n in names)
     return string.Template(LUA_TEMPLATE.read_text()).substitute(
@@ -446,7 +453,7 @@ class Contender:
 def contenders(
     args: argparse.Namespace,
     run_dir: Path,
-    configs: dict[str, tb.FilterConfig],
+    configs: dict[str, FilterConfig],
     upstream_port: int,
 ) -> list[Contender]:
     """Every contender, unstarted, each with ports of its own."""
@@ -550,7 +557,7 @@ def probe(contender: Contender, scenario: Scenario, configs: dict, content: Cont
             if problem is None and digests & set(content.children):
                 problem = "the index still names an original child"
         if problem:
-            raise tb.BenchError(
+            raise BenchError(
                 f"{contender.name} ({scenario.letter}) GET {path} with x-forwarded-for {xff}: "
                 f"{problem}"
             )
@@ -579,13 +586,13 @@ def group_cpu_ms(pgid: int) -> float:
         with contextlib.suppress(FileNotFoundError, ProcessLookupError, ValueError):
             fields = (proc / "stat").read_text().rsplit(")", 1)[1].split()
             if int(fields[2]) == pgid:
-                total += sum(tb.thread_cpu_ms(int(proc.name)).values())
+                total += sum(thread_cpu_ms(int(proc.name)).values())
     return total
 
 
 def envoy_counters(contender: Contender) -> dict[str, int]:
     """The downstream request counts (and the active-request gauge) and blobsteer's counters."""
-    return tb.stats(
+    return stats(
         contender.admin_port,
         r"^(http\.main\.downstream_rq_(total|active|completed|2xx|3xx|4xx|5xx)"
         r"|wasmcustom\.blobsteer\.\w+)$",
@@ -613,8 +620,8 @@ def load_slice(
     done = subprocess.run(argv, capture_output=True, text=True, timeout=seconds + 30, check=False)
     cpu_ms = group_cpu_ms(contender.server.pid) - cpu_before
     if done.returncode != 0:
-        raise tb.BenchError(f"wrk exited with {done.returncode}:\n{done.stdout}{done.stderr}")
-    result = tb.parse_wrk(done.stdout)
+        raise BenchError(f"wrk exited with {done.returncode}:\n{done.stdout}{done.stderr}")
+    result = parse_wrk(done.stdout)
     problems = []
     if result["non_2xx_3xx"] or any(result["socket_errors"].values()):
         problems.append(
@@ -644,7 +651,7 @@ def load_slice(
                     f"{wanted} answered and the {total} received"
                 )
     if problems:
-        raise tb.BenchError(
+        raise BenchError(
             f"{contender.name} ({scenario.letter}, -c{connections}): {'; '.join(problems)}\n"
             f"{done.stdout}"
         )
@@ -686,7 +693,7 @@ def run_rounds(
                 for s in samples[-len(loads) * len(order):]
                 if s["connections"] == THROUGHPUT_CONNECTIONS
             }
-            tb.log(
+            log(
                 f"round {round_no} ({scenario.letter}) {scenario.name}: "
                 + ", ".join(f"{name} {value:,.0f}/s" for name, value in rps.items())
             )
@@ -715,13 +722,13 @@ def summarize(samples: list[dict], made: list[Contender], chosen: dict[str, Scen
             per[contender.name] = {
                 "kind": contender.kind,
                 "table": contender.table,
-                "requests_per_s": tb.median([s["requests_per_s"] for s in loaded]),
+                "requests_per_s": median([s["requests_per_s"] for s in loaded]),
                 "requests_per_s_by_round": [s["requests_per_s"] for s in loaded],
-                "p50_ms_c16": tb.median([s["latency_ms"]["p50"] for s in loaded]),
-                "p99_ms_c16": tb.median([s["latency_ms"]["p99"] for s in loaded]),
-                "p50_ms_c1": tb.median([s["latency_ms"]["p50"] for s in single]) if single else None,
+                "p50_ms_c16": median([s["latency_ms"]["p50"] for s in loaded]),
+                "p99_ms_c16": median([s["latency_ms"]["p99"] for s in loaded]),
+                "p50_ms_c1": median([s["latency_ms"]["p50"] for s in single]) if single else None,
                 "p50_ms_c1_by_round": [s["latency_ms"]["p50"] for s in single],
-                "cpu_us_per_request": tb.median([s["cpu_us_per_request"] for s in loaded]),
+                "cpu_us_per_request": median([s["cpu_us_per_request"] for s in loaded]),
                 "rounds": len(loaded),
             }
         summary[scenario.name] = per
@@ -736,7 +743,7 @@ def paired_ratio(summary: dict, scenario: str, a: str, b: str) -> dict:
         x / y for x, y in zip(first["requests_per_s_by_round"], second["requests_per_s_by_round"])
     ]
     return {
-        "ratio": tb.ratio(first["requests_per_s"], second["requests_per_s"]),
+        "ratio": ratio(first["requests_per_s"], second["requests_per_s"]),
         "by_round": by_round,
         "min": min(by_round),
         "max": max(by_round),
@@ -801,7 +808,7 @@ def targets(summary: dict) -> list[dict]:
 # Run
 
 
-def bench_configs(small_path: Path, full_path: Path) -> dict[str, tb.FilterConfig]:
+def bench_configs(small_path: Path, full_path: Path) -> dict[str, FilterConfig]:
     """The two filter configs, each with its own table and the same settings: 0 trusted hops,
     redirect mode, manifest rewriting on, no decision header, no existence checks (a check is a
     request of its own to a mirror, which would measure the mirror)."""
@@ -812,8 +819,8 @@ def bench_configs(small_path: Path, full_path: Path) -> dict[str, tb.FilterConfi
     }
     configs = {}
     for label, path in zip(TABLES, (small_path, full_path)):
-        text = tb.table_with_options(path.read_text(), options)
-        configs[label] = tb.FilterConfig.load(label, path.resolve(), text)
+        text = table_with_options(path.read_text(), options)
+        configs[label] = FilterConfig.load(label, path.resolve(), text)
     return configs
 
 
@@ -821,7 +828,7 @@ def start_all(made: list[Contender], upstream: NginxServer) -> None:
     """Start the upstream, then every contender (each waits until it answers)."""
     upstream.start(timeout=STARTUP_TIMEOUT)
     for contender in made:
-        tb.log(f"starting {contender.name} on 127.0.0.1:{contender.port}")
+        log(f"starting {contender.name} on 127.0.0.1:{contender.port}")
         contender.server.start(timeout=STARTUP_TIMEOUT)
 
 
@@ -850,7 +857,7 @@ def run(args: argparse.Namespace, argv: Sequence[str] | None) -> int:
         if not path.is_file():
             raise FileNotFoundError(f"{path} not found (make build)")
     if not {SERVER_CPU, LOAD_CPU} <= os.sched_getaffinity(0):
-        raise tb.BenchError(f"CPUs {SERVER_CPU} and {LOAD_CPU} are needed (taskset)")
+        raise BenchError(f"CPUs {SERVER_CPU} and {LOAD_CPU} are needed (taskset)")
     os.sched_setaffinity(0, {LOAD_CPU})
     for tool in ("wrk", "nginx", "taskset"):
         if not shutil.which(tool):
@@ -859,17 +866,17 @@ def run(args: argparse.Namespace, argv: Sequence[str] | None) -> int:
     for label, config in configs.items():
         for client in UNMAPPED_CLIENTS:
             if config.backend_for(client) is not None:
-                raise tb.BenchError(f"the {label} table maps {client}, meant to be unmapped")
+                raise BenchError(f"the {label} table maps {client}, meant to be unmapped")
     content = Content.make()
-    chosen = scenarios(tb.blob_requests(configs["demo"], configs["full"]), content)
+    chosen = scenarios(blob_requests(configs["demo"], configs["full"]), content)
     if args.scenarios:
         chosen = {name: chosen[name] for name in args.scenarios}
-    run_dir = tb.prepare_run_dir(args.run_dir)
+    run_dir = prepare_run_dir(args.run_dir)
     content.write(run_dir / "content")
     scripts = {}
     for scenario in chosen.values():
         scripts[scenario.name] = run_dir / f"{scenario.name}.lua"
-        scripts[scenario.name].write_text(tb.wrk_script(scenario.requests()))
+        scripts[scenario.name].write_text(wrk_script(scenario.requests()))
     upstream_port = free_ports(1)[0]
     upstream = NginxServer(
         "upstream", run_dir / "upstream", upstream_http_block(run_dir / "content", upstream_port, content),
@@ -879,14 +886,14 @@ def run(args: argparse.Namespace, argv: Sequence[str] | None) -> int:
     made = contenders(args, run_dir, configs, upstream_port)
     if args.contenders:
         made = [c for c in made if any(re.fullmatch(p, c.name) for p in args.contenders)]
-    machine = tb.machine_info(args.envoy, args.wasm)
+    machine = machine_info(args.envoy, args.wasm)
     try:
         start_all(made, upstream)
         for scenario in chosen.values():
             for contender in made:
                 if scenario.name in contender.scenarios:
                     probe(contender, scenario, configs, content)
-        tb.log(f"every contender answers every scenario as it must; {args.rounds} rounds")
+        log(f"every contender answers every scenario as it must; {args.rounds} rounds")
         samples = run_rounds(args, made, chosen, scripts)
         commands = command_lines(made, upstream, run_dir)
     finally:
@@ -933,7 +940,7 @@ def run(args: argparse.Namespace, argv: Sequence[str] | None) -> int:
         "elapsed_s": time.monotonic() - started,
     }
     args.json.write_text(json.dumps(result, indent=2) + "\n")
-    tb.log(f"{len(samples)} samples in {result['elapsed_s']:.0f} s written to {args.json}")
+    log(f"{len(samples)} samples in {result['elapsed_s']:.0f} s written to {args.json}")
     return 0
 
 
@@ -970,7 +977,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run; 0 when measured (targets met or not: the report says which)."""
     args = parse_args(argv)
-    errors = (tb.BenchError, stk.StartupError, TimeoutError, FileNotFoundError)
+    errors = (BenchError, stk.StartupError, TimeoutError, FileNotFoundError)
     return stk.run_interruptibly("compare.py", lambda: run(args, argv), errors)
 
 if __name__ == "__main__":
