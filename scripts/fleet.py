@@ -10,7 +10,8 @@ logs are under `<run_dir>/fleet/`.
 
     fleet = Fleet(stack); fleet.start(); ...; fleet.stop()
 
-Command line: `fleet.py run` brings the stack up as a fleet (`make run FLEET=1`).
+Command line: `fleet.py run [--live]` brings the stack up as a fleet (`make run FLEET=1`; with
+`LIVE=1` both replicas read the filter's configuration from the one ECDS resource).
 """
 
 from __future__ import annotations
@@ -273,6 +274,8 @@ def banner(fleet: Fleet) -> str:
         f"  records:             ETCDCTL_API=3 etcdctl --endpoints {stk.LOOPBACK}:{fleet.etcd.members[0].client_port} "
         f"get --prefix {STORE_PREFIX} --keys-only",
         f"  replica B's logs     {b.envoy.log_path}, access {b.access_log}",
+        *(["  live maps:           both replicas watch the ECDS resource named above: one swap moves the fleet"]
+          if fleet.stack.live else []),
     ])  # fmt: skip
 
 
@@ -288,6 +291,7 @@ def run(args: argparse.Namespace) -> int:
         filter_overrides={"manifests": {"rewrite": True, "store": store_settings()}},
         extra_clusters=etcd_cluster_yaml(ports.envoy),
         wasm_path=args.wasm,
+        live=args.live,
     )
     with stack, stk.Containerd(run_dir) as containerd:
         fleet = Fleet(stack).start()
@@ -308,6 +312,10 @@ def main(argv: list[str] | None = None) -> int:
     run_parser = commands.add_parser("run", help="start everything in the foreground until Ctrl-C")
     run_parser.add_argument("--run-dir", type=Path, default=stk.DEFAULT_RUN_DIR, help="state and logs (wiped)")
     run_parser.add_argument("--wasm", type=Path, default=stk.DEFAULT_WASM, help="the filter's wasm module")
+    run_parser.add_argument(
+        "--live", action="store_true",
+        help="the filter's configuration from ECDS (one watched file for every replica)",
+    )  # fmt: skip
     args = parser.parse_args(argv)
     return stk.run_interruptibly(
         "fleet.py", lambda: run(args),

@@ -535,9 +535,15 @@ def banner(stack: Stack, containerd: Containerd) -> str:
         f"  registry {stack.registry_log}, access {stack.registry_access_log}",
         f"  mirrors {stack.run_dir}/mirror-<name>-access.log, errors {stack.mirrors_error_log}",
         f"  containerd {containerd.log_path}",
-        "",
-        "Ctrl-C stops everything.",
     ]
+    if stack.live:
+        lines += [
+            "",
+            f"Live maps: the filter's configuration is the ECDS resource {stack.live_resource};",
+            f"  swap it: scripts/ecds.py --filter-config FILTER.json --wasm {stack.wasm_path}"
+            f" --out {stack.live_resource}",
+        ]
+    lines += ["", "Ctrl-C stops everything."]
     return "\n".join(lines)
 
 
@@ -558,13 +564,6 @@ def run(args: argparse.Namespace) -> int:
     )
     with stack, Containerd(run_dir) as containerd:
         print(banner(stack, containerd), flush=True)
-        if args.live:
-            print(
-                f"\nLive maps: the filter's configuration is the ECDS resource {stack.live_resource};"
-                f"\n  swap it: scripts/ecds.py --filter-config FILTER.json --wasm {stack.wasm_path}"
-                f" --out {stack.live_resource}",
-                flush=True,
-            )
         died = serve_until_stopped(stack.parts() + [containerd])
     print("stopped.")
     return 1 if died else 0

@@ -7,11 +7,12 @@ a replica restarted with empty shared data serves a digest produced before its r
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import time
 
-from harness import Snapshot, StackTestCase, request, stk, warm_existence_cache
+from harness import Snapshot, StackTestCase, blob_path, request, stk, warm_existence_cache
 
 import fleet  # noqa: E402  (scripts/fleet.py, on the path harness sets)
 
@@ -21,9 +22,10 @@ RUNTIME = [("user-agent", stk.RUNTIME_USER_AGENT), ("accept", "application/vnd.o
 sha256 = stk.build_demo_image.sha256_digest
 
 
-class FleetTest(StackTestCase):
+class FleetCase(StackTestCase):
+    """A stack with the fleet around it, as `make run FLEET=1` brings up."""
+
     stack_options = {"filter_overrides": {"manifests": {"rewrite": True, "store": fleet.store_settings()}}}
-    with_containerd = True
 
     @classmethod
     def options_for(cls, ports: stk.Ports) -> dict:
@@ -35,6 +37,10 @@ class FleetTest(StackTestCase):
         cls.fleet = fleet.Fleet(cls.stack)
         cls.addClassCleanup(cls.fleet.stop)
         cls.fleet.start()
+
+
+class FleetTest(FleetCase):
+    with_containerd = True
 
     def setUp(self):
         # Both replicas start empty: what each knows comes from this test's requests and etcd.
@@ -140,3 +146,36 @@ class FleetTest(StackTestCase):
         self.assertEqual((status, sha256(body), got["docker-content-digest"]), (200, produced, produced))
         _, b = self.replica_counters()
         self.assertEqual((b.get("store.hit"), b.get("manifest_served_by_digest")), (1, 1))
+
+
+class LiveFleetTest(FleetCase):
+    """`make run FLEET=1 LIVE=1`: both replicas read the filter's configuration from the one ECDS
+    resource, so one swap moves the whole fleet."""
+
+    stack_options = {**FleetCase.stack_options, "live": True}
+
+    def locations(self) -> tuple[str, str]:
+        """Where replica A and replica B send a client of aws-eu-west-3 for a layer."""
+        layer = self.image.layers["linux/amd64"][0].digest
+        answers = [
+            request(port, "HEAD", blob_path(layer))
+            for port in (self.stack.port(EU), self.fleet.replica_b.ports.listeners[EU])
+        ]
+        self.assertEqual([status for status, _, _ in answers], [307, 307])
+        return answers[0][1]["location"], answers[1][1]["location"]
+
+    def test_one_swap_moves_every_replica(self):
+        layer = self.image.layers["linux/amd64"][0].digest
+        eu, us = self.backend_url(EU, layer), self.backend_url("aws-us-east-1", layer)
+        self.assertEqual(self.locations(), (eu, eu))
+        config = json.loads(self.stack.filter_config_text())
+        for backend in config["backends"]:
+            if backend["name"] == EU:
+                moved = [c for c in backend["cidrs"] if c.startswith("15.236.")]
+                backend["cidrs"] = [c for c in backend["cidrs"] if c not in moved]
+        for backend in config["backends"]:
+            if backend["name"] == "aws-us-east-1":
+                backend["cidrs"] += moved
+        self.assertTrue(moved, "the map has the client's prefix")
+        self.stack.deliver_filter_config(json.dumps(config))
+        stk.wait_for(lambda: self.locations() == (us, us), "both replicas to steer by the new map", 10)

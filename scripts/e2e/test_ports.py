@@ -5,6 +5,7 @@ No stack is started here: every case is refused before anything binds or runs.
 
 from __future__ import annotations
 
+import itertools
 import os
 import subprocess
 import sys
@@ -50,24 +51,30 @@ class PortVariables(unittest.TestCase):
         # Empty means unset: the default from the base.
         self.assertEqual(stk.Ports.from_env({"BLOBSTEER_ENVOY_PORT": ""}).envoy, 18000)
 
-    def test_stack_py_says_it_in_one_line_and_exits_1(self):
-        for variable, value in [
+    def test_stack_py_and_fleet_py_say_it_in_one_line_and_exit_1(self):
+        """`make run`, with FLEET=1 and LIVE=1 in every combination, refuses a bad port before
+        starting anything."""
+        commands = [
+            ("stack.py", ["run"]), ("stack.py", ["run", "--live"]),
+            ("fleet.py", ["run"]), ("fleet.py", ["run", "--live"]),
+        ]  # fmt: skip
+        for (script, args), (variable, value) in itertools.product(commands, [
             ("BLOBSTEER_BASE_PORT", "abc"),
             ("BLOBSTEER_BASE_PORT", "65500"),
             ("BLOBSTEER_REGISTRY_PORT", "99999"),
-        ]:
-            with self.subTest(variable=variable, value=value):
+        ]):  # fmt: skip
+            with self.subTest(script=script, args=args, variable=variable, value=value):
                 env = {k: v for k, v in os.environ.items() if not k.startswith("BLOBSTEER_")}
                 env[variable] = value
                 done = subprocess.run(
-                    [sys.executable, str(stk.REPO_ROOT / "scripts" / "stack.py"), "run"],
+                    [sys.executable, str(stk.REPO_ROOT / "scripts" / script), *args],
                     env=env, capture_output=True, text=True, timeout=60,
                 )  # fmt: skip
                 self.assertEqual(done.returncode, 1, done.stderr)
                 self.assertNotIn("Traceback", done.stderr)
                 lines = done.stderr.splitlines()
                 self.assertEqual(len(lines), 1, done.stderr)
-                want = f"stack.py: {variable}={value!r} is not a "
+                want = f"{script}: {variable}={value!r} is not a "
                 self.assertTrue(lines[0].startswith(want), lines)
                 self.assertEqual(done.stdout, "")
 
