@@ -1,1 +1,2 @@
-"""The parts of the benchmarks that run Envoy: configs, Envoy, readings, wrk, reports."""
+"""The parts of the benchmarks that run Envoy: configs and the request mix, the Envoy, readings
+of it, wrk, common statistics; the table report; compare.py's content and contenders."""
