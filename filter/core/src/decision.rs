@@ -309,8 +309,10 @@ pub struct Fallback {
 /// requests never need them.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct FallbackChain {
-    /// The backends not reached yet, in order (indices into [`Config::backends`]).
-    rest: Vec<usize>,
+    /// The chain's backends, in order (indices into [`Config::backends`]).
+    backends: Vec<usize>,
+    /// How many of them the walk has reached.
+    reached: usize,
     /// The repository asked for.
     repository: String,
     /// The digest asked for, as the request gave it (already parsed once).
@@ -323,20 +325,24 @@ impl FallbackChain {
         if backend.fallback.is_empty() {
             return FallbackChain::default();
         }
-        let mut rest = backend.fallback.clone();
-        rest.reverse();
-        FallbackChain { rest, repository: repository.to_string(), digest: digest.to_string() }
+        FallbackChain {
+            backends: backend.fallback.clone(),
+            reached: 0,
+            repository: repository.to_string(),
+            digest: digest.to_string(),
+        }
     }
 
     /// The backends not reached yet, in order.
     pub fn backends(&self) -> impl Iterator<Item = usize> + '_ {
-        self.rest.iter().rev().copied()
+        self.backends.iter().skip(self.reached).copied()
     }
 
     /// The next backend of the chain, with its redirect and check for this blob (`None` at the
     /// end). `config` is the one the chain was decided with.
     pub fn next(&mut self, config: &Config) -> Option<Fallback> {
-        let index = self.rest.pop()?;
+        let index = *self.backends.get(self.reached)?;
+        self.reached += 1;
         let backend = config.backends().get(index)?;
         let digest = Digest::parse(&self.digest).ok()?;
         let location = backend.blob_url.render(&self.repository, digest);
